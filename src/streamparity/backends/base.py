@@ -1,0 +1,106 @@
+"""The backend interface shared by ONNX Runtime, TensorRT and the PyTorch-on-CUDA runners."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..contract import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_LEN, ROLE_CACHE_TIME, ROLE_LENGTH, Contract
+
+
+class Stream(abc.ABC):
+    """A closed-loop stream: the backend's own caches are fed back from chunk to chunk."""
+
+    @abc.abstractmethod
+    def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one chunk; return the outputs to compare (host arrays), caches included if fetched."""
+
+    def state_snapshot(self) -> dict[str, np.ndarray]:
+        """Host copies of the cache inputs of the next step (for failure bundles); may be slow on GPUs."""
+        return {}
+
+    @property
+    def bytes_moved(self) -> tuple[int, int]:
+        """(host->device, device->host) bytes of the last step; host backends report 0."""
+        return (0, 0)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class Backend(abc.ABC):
+    """One runtime at one precision, running the contract's streaming encoder."""
+
+    kind: str = "abstract"
+
+    def __init__(self, contract: Contract, precision: str, device: str) -> None:
+        self.contract = contract
+        self.precision = precision
+        self.device = device
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.device}-{self.precision}"
+
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One stateless call: all inputs in (host), all outputs out (host)."""
+
+    def open_stream(self, initial: Mapping[str, np.ndarray], *, fetch_caches: bool = True) -> Stream:
+        """A closed-loop stream starting from `initial` caches. GPU backends keep caches on the device."""
+        return HostStream(self, initial, fetch_caches=fetch_caches)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "device": self.device, "precision": self.precision}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+def pad_cache_to(array: np.ndarray, like: tuple[int, ...], *, name: str) -> np.ndarray:
+    """Left-pad (zeros) a dynamic cache output along its time axis up to the input cache shape."""
+    if array.shape == like:
+        return array
+    if array.ndim != len(like):
+        raise ValueError(f"{name}: rank {array.ndim} cannot be padded to {list(like)}")
+    pads = []
+    for got, want in zip(array.shape, like):
+        if got > want:
+            raise ValueError(f"{name}: shape {list(array.shape)} exceeds input cache shape {list(like)}")
+        pads.append((want - got, 0))
+    return np.pad(array, pads)
+
+
+class HostStream(Stream):
+    """Closed loop through host memory: cache outputs are copied back and fed as inputs."""
+
+    def __init__(self, backend: Backend, initial: Mapping[str, np.ndarray], *, fetch_caches: bool) -> None:
+        c = backend.contract
+        self.backend = backend
+        self.audio_name = c.input_by_role(ROLE_AUDIO).name
+        self.length_name = c.input_by_role(ROLE_LENGTH).name
+        self.feeds_map = c.cache_feeds()
+        self.cache_inputs = [c.input_by_role(r).name for r in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN)]
+        self.state: dict[str, np.ndarray] = {k: np.asarray(initial[k]).copy() for k in self.cache_inputs}
+        self.pad = c.streaming.cache_output_time_dim == "dynamic_pad_to_input"
+        self.fetch_caches = fetch_caches
+        self.last_cache_len_in: np.ndarray = self.state[c.input_by_role(ROLE_CACHE_LEN).name].copy()
+
+    def state_snapshot(self) -> dict[str, np.ndarray]:
+        return dict(self.state)
+
+    def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = dict(self.state)
+        feeds[self.audio_name] = audio
+        feeds[self.length_name] = length
+        self.last_cache_len_in = self.state[self.cache_inputs[2]].copy()
+        out = self.backend.run(feeds)
+        for out_name, in_name in self.feeds_map.items():
+            v = out[out_name]
+            if self.pad:
+                v = pad_cache_to(v, self.state[in_name].shape, name=out_name)
+            self.state[in_name] = v
+        return out

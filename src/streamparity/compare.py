@@ -1,0 +1,168 @@
+"""Comparison: per-output, per-chunk error metrics and pass/warn/fail verdicts from contract tolerances."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from .contract import ROLE_CACHE_CHANNEL, Contract, TensorSpec, Tolerance
+
+Verdict = Literal["pass", "warn", "fail"]
+_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def worst(*verdicts: Verdict) -> Verdict:
+    out: Verdict = "pass"
+    for v in verdicts:
+        if _RANK[v] > _RANK[out]:
+            out = v
+    return out
+
+
+@dataclass
+class Metrics:
+    """How far `actual` is from `expected` for one output of one chunk."""
+
+    output: str
+    chunk: int
+    numel: int
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    p95_abs: float
+    p99_abs: float
+    mismatches: int
+    nonfinite: int
+    worst_index: tuple[int, ...]
+    worst_actual: float
+    worst_expected: float
+    atol: float
+    rtol: float
+    region: str = "all"
+    shape_error: str | None = None
+
+    @property
+    def mismatch_pct(self) -> float:
+        return 100.0 * self.mismatches / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["worst_index"] = list(self.worst_index)
+        d["mismatch_pct"] = self.mismatch_pct
+        return d
+
+
+def compare_arrays(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    *,
+    output: str,
+    chunk: int,
+    atol: float,
+    rtol: float,
+    region: str = "all",
+) -> Metrics:
+    """Elementwise comparison; an element mismatches when |a-e| > atol + rtol*|e| or a is not finite."""
+    a = np.asarray(actual)
+    e = np.asarray(expected)
+    if a.shape != e.shape:
+        return Metrics(output, chunk, int(e.size), float("inf"), float("inf"), float("inf"), float("inf"),
+                       float("inf"), int(e.size), 0, (), float("nan"), float("nan"), atol, rtol, region,
+                       shape_error=f"shape {list(a.shape)} != expected {list(e.shape)}")
+    if a.size == 0:
+        return Metrics(output, chunk, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, (), 0.0, 0.0, atol, rtol, region)
+    a64 = a.astype(np.float64)
+    e64 = e.astype(np.float64)
+    diff = np.abs(a64 - e64)
+    nonfinite_mask = ~np.isfinite(a64) | ~np.isfinite(e64)
+    nonfinite = int(nonfinite_mask.sum())
+    diff = np.where(nonfinite_mask, np.inf, diff)
+    rel = diff / np.maximum(np.abs(e64), np.finfo(np.float32).tiny)
+    allowed = atol + rtol * np.abs(e64)
+    mism = (diff > allowed) | nonfinite_mask
+    flat = int(np.argmax(diff))
+    idx = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
+    finite_diff = diff[np.isfinite(diff)]
+    return Metrics(
+        output=output,
+        chunk=chunk,
+        numel=int(a.size),
+        max_abs=float(diff.max()),
+        mean_abs=float(finite_diff.mean()) if finite_diff.size else float("inf"),
+        max_rel=float(rel.max()),
+        p95_abs=float(np.percentile(finite_diff, 95)) if finite_diff.size else float("inf"),
+        p99_abs=float(np.percentile(finite_diff, 99)) if finite_diff.size else float("inf"),
+        mismatches=int(mism.sum()),
+        nonfinite=nonfinite,
+        worst_index=idx,
+        worst_actual=float(a64[idx]),
+        worst_expected=float(e64[idx]),
+        atol=atol,
+        rtol=rtol,
+        region=region,
+    )
+
+
+def valid_region(spec: TensorSpec, array: np.ndarray, cache_len: int | None) -> tuple[np.ndarray, str]:
+    """Restrict a cache_channel tensor to its valid frames: the last `cache_len` along the time axis (2)."""
+    if spec.role == ROLE_CACHE_CHANNEL and cache_len is not None and array.ndim == 4:
+        n = max(0, min(int(cache_len), array.shape[2]))
+        return array[:, :, array.shape[2] - n :, :], f"last {n} frames (cache_len)"
+    return array, "all"
+
+
+def compare_output(
+    contract: Contract,
+    name: str,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    *,
+    chunk: int,
+    precision: str,
+    cache_len: int | None = None,
+) -> Metrics:
+    spec = contract.output(name)
+    tol = contract.tolerance(name, precision)
+    a, region = valid_region(spec, np.asarray(actual), cache_len)
+    e, _ = valid_region(spec, np.asarray(expected), cache_len)
+    return compare_arrays(a, e, output=name, chunk=chunk, atol=tol.atol, rtol=tol.rtol, region=region)
+
+
+def verdict(m: Metrics, tol: Tolerance) -> Verdict:
+    """fail: any mismatch (non-finite values always mismatch); warn: max_abs above warn_atol."""
+    if m.shape_error or m.nonfinite or m.mismatches:
+        return "fail"
+    if tol.warn_atol is not None and m.max_abs > tol.warn_atol:
+        return "warn"
+    return "pass"
+
+
+def describe_failure(m: Metrics, tol: Tolerance, *, what: str) -> str:
+    """A torch.testing-style message: what, where and how far."""
+    lines = [f"{what}: output {m.output!r}, chunk {m.chunk} is not close"]
+    if m.shape_error:
+        lines.append(f"  {m.shape_error}")
+        return "\n".join(lines)
+    lines += [
+        f"  mismatched elements: {m.mismatches} / {m.numel} ({m.mismatch_pct:.1f}%) in region {m.region}",
+        f"  non-finite elements: {m.nonfinite}",
+        f"  greatest absolute difference: {m.max_abs:.3g} at index {m.worst_index} "
+        f"(actual {m.worst_actual:.6g}, expected {m.worst_expected:.6g})",
+        f"  greatest relative difference: {m.max_rel:.3g}",
+        f"  mean abs {m.mean_abs:.3g}, p95 {m.p95_abs:.3g}, p99 {m.p99_abs:.3g}",
+        f"  tolerance: {tol.describe()} -- {tol.reason}",
+    ]
+    if tol.known_issue:
+        lines.append(f"  known issue: {tol.known_issue}")
+    return "\n".join(lines)
+
+
+def percentile(values: list[float], q: float) -> float:
+    arr = np.asarray([v for v in values], dtype=np.float64)
+    if arr.size == 0:
+        return float("nan")
+    if not np.all(np.isfinite(arr)):
+        return float("inf")
+    return float(np.percentile(arr, q))

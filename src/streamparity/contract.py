@@ -1,0 +1,415 @@
+"""Contract: load and validate a contract JSON into typed, immutable objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+
+from .errors import ContractError
+
+Precision = Literal["fp32", "fp16", "int8"]
+Dim = int | str
+
+ROLE_AUDIO = "audio"
+ROLE_LENGTH = "length"
+ROLE_CACHE_CHANNEL = "cache_channel"
+ROLE_CACHE_TIME = "cache_time"
+ROLE_CACHE_LEN = "cache_len"
+ROLE_ENCODED = "encoded"
+ROLE_ENCODED_LEN = "encoded_len"
+CACHE_ROLES = (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    role: str
+    feeds: str | None = None
+    compare: bool = True
+
+    def shape_str(self) -> str:
+        return "[" + ", ".join(str(d) for d in self.shape) + "]"
+
+
+@dataclass(frozen=True)
+class CacheLenRule:
+    rule: str
+    initial: int
+    step: int
+    max: int
+
+    def expected_out(self, cache_len_in: int) -> int:
+        return min(cache_len_in + self.step, self.max)
+
+    def expected_at(self, chunk: int) -> tuple[int, int]:
+        """(in, out) cache length at chunk index `chunk` of an unbroken stream."""
+        cin = min(self.initial + chunk * self.step, self.max)
+        return cin, self.expected_out(cin)
+
+
+@dataclass(frozen=True)
+class Streaming:
+    first_chunk_frames: int
+    chunk_frames: int
+    valid_out_len: int
+    cache_channel_size: int
+    cache_time_size: int
+    cache_len: CacheLenRule
+    cache_output_time_dim: str = "fixed"
+    nemo: Mapping[str, Any] = field(default_factory=dict)
+
+    def frames_for(self, chunk: int) -> int:
+        return self.first_chunk_frames if chunk == 0 else self.chunk_frames
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    reason: str
+    warn_atol: float | None = None
+    p95_max_abs: float | None = None
+    p99_max_abs: float | None = None
+    min_pass_fraction: float | None = None
+    known_issue: str | None = None
+
+    def describe(self) -> str:
+        s = f"atol={self.atol:g}, rtol={self.rtol:g}"
+        if self.warn_atol is not None:
+            s += f", warn above {self.warn_atol:g}"
+        return s
+
+
+@dataclass(frozen=True)
+class ProfileShape:
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    shapes: Mapping[str, ProfileShape]
+    description: str = ""
+    used: bool = True
+
+
+@dataclass(frozen=True)
+class StabilityGate:
+    max_slope_per_chunk: float = 1e-6
+    slope_sigma: float = 3.0
+    max_late_early_ratio: float = 2.0
+    window: int = 50
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Gates:
+    vs_baseline_factor: float = 4.0
+    offline_atol: float | None = None
+    offline_reason: str = ""
+    stability: StabilityGate = field(default_factory=StabilityGate)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Latency:
+    target_ms: float
+    device: str
+    precision: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    fp32_disable_tf32: bool = True
+    fp16_fp32_layers: tuple[str, ...] = ()
+    workspace_mib: int = 4096
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class KnownIssue:
+    id: str
+    outputs: tuple[str, ...]
+    reason: str
+    status: str = "open"
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    cache_layout: str
+    streaming: Streaming
+    tolerances: Mapping[str, Mapping[str, Tolerance]]
+    dims: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    profiles: tuple[Profile, ...] = ()
+    gates: Gates = field(default_factory=Gates)
+    latency: Latency | None = None
+    build: BuildOptions = field(default_factory=BuildOptions)
+    known_issues: tuple[KnownIssue, ...] = ()
+    description: str = ""
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- lookups -------------------------------------------------------------------------
+    def input(self, name: str) -> TensorSpec:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def output(self, name: str) -> TensorSpec:
+        for t in self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def input_by_role(self, role: str) -> TensorSpec:
+        return _by_role(self.inputs, role, self.path, "inputs")
+
+    def output_by_role(self, role: str) -> TensorSpec:
+        return _by_role(self.outputs, role, self.path, "outputs")
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def cache_feeds(self) -> dict[str, str]:
+        """Map cache output name -> cache input name it feeds in the next chunk."""
+        return {o.name: o.feeds for o in self.outputs if o.feeds}
+
+    def compared_outputs(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs if o.compare and o.name in self.tolerances)
+
+    def tolerance(self, output: str, precision: str) -> Tolerance:
+        per = self.tolerances.get(output)
+        if per is None:
+            raise ContractError(f"no tolerance for output {output!r}", file=str(self.path), field="tolerances")
+        tol = per.get(precision) or per.get("fp32")
+        if tol is None:
+            raise ContractError(
+                f"no {precision} tolerance for output {output!r}",
+                file=str(self.path),
+                field=f"tolerances.{output}",
+            )
+        return tol
+
+    def known_issue(self, issue_id: str) -> KnownIssue | None:
+        for k in self.known_issues:
+            if k.id == issue_id:
+                return k
+        return None
+
+    def resolve(self, key: str) -> Path | None:
+        """Resolve a model path (onnx, reference, ...) relative to the contract file."""
+        value = self.model.get(key)
+        if not value:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    def concrete_shape(self, spec: TensorSpec, bindings: Mapping[str, int]) -> tuple[int, ...]:
+        out: list[int] = []
+        for d in spec.shape:
+            if isinstance(d, int):
+                out.append(d)
+            elif d in bindings:
+                out.append(int(bindings[d]))
+            else:
+                raise ContractError(f"symbolic dim {d!r} of {spec.name} is unbound", file=str(self.path))
+        return tuple(out)
+
+    def cache_axes(self) -> tuple[int, int]:
+        """(layers axis, batch axis) of the cache_channel / cache_time tensors."""
+        return (0, 1) if self.cache_layout == "layers_first" else (1, 0)
+
+
+def _by_role(specs: Sequence[TensorSpec], role: str, path: Path, where: str) -> TensorSpec:
+    found = [t for t in specs if t.role == role]
+    if len(found) != 1:
+        raise ContractError(
+            f"expected exactly one {where[:-1]} with role {role!r}, found {len(found)}",
+            file=str(path),
+            field=where,
+        )
+    return found[0]
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    text = resources.files("streamparity").joinpath("schema/contract.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _json_path(path: Sequence[Any]) -> str:
+    out = "$"
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def validate_document(doc: Any, file: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ContractError(
+            f"schema violation at {_json_path(err.absolute_path)}: {err.message}{more}",
+            file=file,
+            field=_json_path(err.absolute_path),
+        )
+
+
+def _tensor(d: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(
+        name=d["name"],
+        dtype=d["dtype"],
+        shape=tuple(d["shape"]),
+        role=d["role"],
+        feeds=d.get("feeds"),
+        compare=d.get("compare", True),
+    )
+
+
+def _semantic_checks(c: Contract) -> None:
+    f = str(c.path)
+    for role in (ROLE_AUDIO, ROLE_LENGTH, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN):
+        c.input_by_role(role)
+    for role in (ROLE_ENCODED, ROLE_ENCODED_LEN, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN):
+        c.output_by_role(role)
+    names = set(c.input_names)
+    for o in c.outputs:
+        if o.role in CACHE_ROLES:
+            if o.feeds is None:
+                raise ContractError(f"cache output {o.name!r} must name the input it feeds", file=f,
+                                    field=f"outputs.{o.name}.feeds")
+            if o.feeds not in names:
+                raise ContractError(f"cache output {o.name!r} feeds unknown input {o.feeds!r}", file=f,
+                                    field=f"outputs.{o.name}.feeds")
+    for out_name, per in c.tolerances.items():
+        if out_name not in c.output_names:
+            raise ContractError(f"tolerance for unknown output {out_name!r}", file=f, field=f"tolerances.{out_name}")
+        for prec, tol in per.items():
+            if tol.known_issue and c.known_issue(tol.known_issue) is None:
+                raise ContractError(f"tolerance refers to unknown known issue {tol.known_issue!r}", file=f,
+                                    field=f"tolerances.{out_name}.{prec}.known_issue")
+            if tol.warn_atol is not None and tol.warn_atol > tol.atol:
+                raise ContractError(f"warn_atol {tol.warn_atol:g} is above atol {tol.atol:g}", file=f,
+                                    field=f"tolerances.{out_name}.{prec}.warn_atol")
+    enc = c.output_by_role(ROLE_ENCODED)
+    if enc.name not in c.tolerances:
+        raise ContractError(f"the encoded output {enc.name!r} has no tolerance", file=f, field="tolerances")
+    rule = c.streaming.cache_len
+    if rule.max != c.streaming.cache_channel_size:
+        raise ContractError(
+            f"cache_len.max {rule.max} differs from cache_channel_size {c.streaming.cache_channel_size}",
+            file=f, field="streaming.cache_len.max")
+    for p in c.profiles:
+        for tname, ps in p.shapes.items():
+            if tname not in names:
+                raise ContractError(f"profile {p.name!r} names unknown input {tname!r}", file=f,
+                                    field=f"profiles.{p.name}.shapes")
+            if not (len(ps.min) == len(ps.opt) == len(ps.max)):
+                raise ContractError(f"profile {p.name!r} input {tname!r}: min/opt/max ranks differ", file=f,
+                                    field=f"profiles.{p.name}.shapes.{tname}")
+            if any(a > b for a, b in zip(ps.min, ps.opt)) or any(a > b for a, b in zip(ps.opt, ps.max)):
+                raise ContractError(f"profile {p.name!r} input {tname!r}: need min <= opt <= max", file=f,
+                                    field=f"profiles.{p.name}.shapes.{tname}")
+
+
+def parse_contract(doc: Any, path: Path) -> Contract:
+    validate_document(doc, str(path))
+    s = doc["streaming"]
+    cl = s["cache_len"]
+    streaming = Streaming(
+        first_chunk_frames=s["first_chunk_frames"],
+        chunk_frames=s["chunk_frames"],
+        valid_out_len=s["valid_out_len"],
+        cache_channel_size=s["cache_channel_size"],
+        cache_time_size=s["cache_time_size"],
+        cache_len=CacheLenRule(cl["rule"], cl["initial"], cl["step"], cl["max"]),
+        cache_output_time_dim=s.get("cache_output_time_dim", "fixed"),
+        nemo=dict(s.get("nemo", {})),
+    )
+    tolerances = {
+        out: {prec: Tolerance(**t) for prec, t in per.items()} for out, per in doc["tolerances"].items()
+    }
+    g = doc.get("gates", {})
+    gates = Gates(
+        vs_baseline_factor=g.get("vs_baseline_factor", 4.0),
+        offline_atol=g.get("offline_atol"),
+        offline_reason=g.get("offline_reason", ""),
+        stability=StabilityGate(**g.get("stability", {})),
+        reason=g.get("reason", ""),
+    )
+    lat = doc.get("latency")
+    b = doc.get("build", {})
+    c = Contract(
+        name=doc["name"],
+        path=path,
+        description=doc.get("description", ""),
+        model=dict(doc.get("model", {})),
+        dims={k: (v["min"], v["max"]) for k, v in doc.get("dims", {}).items()},
+        inputs=tuple(_tensor(t) for t in doc["inputs"]),
+        outputs=tuple(_tensor(t) for t in doc["outputs"]),
+        cache_layout=doc["cache_layout"],
+        streaming=streaming,
+        profiles=tuple(
+            Profile(
+                name=p["name"],
+                description=p.get("description", ""),
+                used=p.get("used", True),
+                shapes={k: ProfileShape(tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for k, v in p["shapes"].items()},
+            )
+            for p in doc.get("profiles", [])
+        ),
+        tolerances=tolerances,
+        gates=gates,
+        latency=Latency(**lat) if lat else None,
+        build=BuildOptions(
+            fp32_disable_tf32=b.get("fp32_disable_tf32", True),
+            fp16_fp32_layers=tuple(b.get("fp16_fp32_layers", ())),
+            workspace_mib=b.get("workspace_mib", 4096),
+            reason=b.get("reason", ""),
+        ),
+        known_issues=tuple(
+            KnownIssue(k["id"], tuple(k["outputs"]), k["reason"], k.get("status", "open"))
+            for k in doc.get("known_issues", [])
+        ),
+    )
+    _semantic_checks(c)
+    return c
+
+
+def load_contract(path: str | Path) -> Contract:
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise ContractError("contract file not found", file=str(p)) from None
+    except OSError as e:
+        raise ContractError(f"cannot read contract: {e.strerror}", file=str(p)) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ContractError(f"invalid JSON: {e.msg}", file=str(p), line=e.lineno) from None
+    return parse_contract(doc, p.resolve())

@@ -1,0 +1,322 @@
+"""Reference JSONL: streaming reader with a byte-offset index, and writer.
+
+One JSON object per line.  An optional first line is a header::
+
+    {"streamparity_reference": 1, "contract": "...", "num_chunks": 300, "generator": {...}}
+
+Every other line is one chunk::
+
+    {"chunk": 17, "meta": {"frames": [lo, hi], "seed": 42, "has_caches": true},
+     "inputs": {"audio_signal": TENSOR, ...}, "outputs": {"outputs": TENSOR, ...}}
+
+TENSOR is ``{"dtype", "shape", "data_b64"}`` (raw little-endian bytes) or a nested list.
+The reader never loads the whole file: an index of byte offsets (kept beside the file as
+``<name>.idx.json`` when the folder is writable) gives random access to chunk k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .errors import ReferenceFormatError
+from .tensors import decode_tensor, encode_tensor
+
+FORMAT_VERSION = 1
+INDEX_VERSION = 2
+_META_KEY = b'"meta":'
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    chunk: int
+    offset: int
+    length: int
+    line: int
+    meta: Mapping[str, Any]
+
+
+@dataclass
+class ChunkRecord:
+    chunk: int
+    line: int
+    meta: Mapping[str, Any]
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def has_caches(self) -> bool:
+        return bool(self.meta.get("has_caches", True))
+
+
+def _file_key(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    with path.open("rb") as f:
+        head = f.read(65536)
+        f.seek(max(0, st.st_size - 65536))
+        tail = f.read()
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "head_tail_sha256": hashlib.sha256(head + tail).hexdigest(),
+    }
+
+
+def _meta_only(line: bytes, file: str, lineno: int) -> tuple[int | None, dict[str, Any], bool]:
+    """Parse chunk id and meta without decoding tensors. Returns (chunk, meta, is_header)."""
+    if line.startswith(b'{"streamparity_reference"'):
+        try:
+            return None, json.loads(line), True
+        except json.JSONDecodeError as e:
+            raise ReferenceFormatError(f"header is not valid JSON ({e.msg})", file=file, line=lineno) from None
+    pos = line.find(_META_KEY, 0, 4096)
+    if line.startswith(b'{"chunk":') and pos > 0:
+        try:
+            chunk = int(line[9:pos].strip().rstrip(b",").strip())
+            meta, _ = json.JSONDecoder().raw_decode(line[pos + len(_META_KEY):].decode("utf-8", "strict").lstrip())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ReferenceFormatError(f"malformed chunk prefix ({e})", file=file, line=lineno) from None
+        if not isinstance(meta, dict):
+            raise ReferenceFormatError("meta must be an object", file=file, line=lineno, chunk=chunk, field="meta")
+        return chunk, meta, False
+    # foreign writer: fall back to a full parse
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ReferenceFormatError(
+            f"line is not valid JSON ({e.msg} at column {e.colno}); the file may be truncated",
+            file=file, line=lineno) from None
+    if not isinstance(obj, dict):
+        raise ReferenceFormatError("line is not a JSON object", file=file, line=lineno)
+    if "streamparity_reference" in obj:
+        return None, obj, True
+    chunk_v = obj.get("chunk", obj.get("chunk_index"))
+    if not isinstance(chunk_v, int):
+        raise ReferenceFormatError("line has no integer 'chunk'", file=file, line=lineno, field="chunk")
+    meta_v = obj.get("meta", {})
+    return chunk_v, dict(meta_v) if isinstance(meta_v, dict) else {}, False
+
+
+class ReferenceFile:
+    """Random-access, streaming view of a reference JSONL file."""
+
+    def __init__(self, path: str | Path, *, use_sidecar: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ReferenceFormatError("reference file not found", file=str(self.path))
+        self.header: dict[str, Any] = {}
+        self.entries: list[IndexEntry] = []
+        self._by_chunk: dict[int, IndexEntry] = {}
+        self._load_index(use_sidecar)
+
+    # -- index ------------------------------------------------------------------------
+    @property
+    def sidecar(self) -> Path:
+        return self.path.with_name(self.path.name + ".idx.json")
+
+    def _load_index(self, use_sidecar: bool) -> None:
+        key = _file_key(self.path)
+        if use_sidecar and self.sidecar.is_file():
+            try:
+                doc = json.loads(self.sidecar.read_text("utf-8"))
+                if doc.get("version") == INDEX_VERSION and doc.get("key") == key:
+                    self.header = doc["header"]
+                    self.entries = [IndexEntry(e[0], e[1], e[2], e[3], e[4]) for e in doc["entries"]]
+                    self._by_chunk = {e.chunk: e for e in self.entries}
+                    return
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                pass  # stale or corrupt index: rebuild
+        self._build_index()
+        if use_sidecar:
+            doc = {
+                "version": INDEX_VERSION,
+                "key": key,
+                "header": self.header,
+                "entries": [[e.chunk, e.offset, e.length, e.line, dict(e.meta)] for e in self.entries],
+            }
+            try:
+                atomic_write_text(self.sidecar, json.dumps(doc, separators=(",", ":")))
+            except OSError:
+                pass  # read-only location: keep the index in memory
+
+    def _build_index(self) -> None:
+        file = str(self.path)
+        offset = 0
+        prev: int | None = None
+        with self.path.open("rb") as f:
+            for lineno, line in enumerate(f, start=1):
+                length = len(line)
+                if not line.endswith(b"\n"):
+                    # last line without newline: accept only if it parses completely
+                    try:
+                        json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        raise ReferenceFormatError(
+                            "last line is incomplete (no newline, invalid JSON): the file is truncated",
+                            file=file, line=lineno) from None
+                stripped = line.strip()
+                if not stripped:
+                    offset += length
+                    continue
+                chunk, meta, is_header = _meta_only(stripped, file, lineno)
+                if is_header:
+                    if self.entries or self.header:
+                        raise ReferenceFormatError("header must be the first line", file=file, line=lineno)
+                    self.header = meta
+                elif chunk is not None:
+                    if chunk in self._by_chunk:
+                        raise ReferenceFormatError(f"duplicate chunk {chunk}", file=file, line=lineno, chunk=chunk,
+                                                   field="chunk")
+                    if prev is not None and chunk != prev + 1:
+                        raise ReferenceFormatError(
+                            f"chunks are not consecutive: {prev} is followed by {chunk}",
+                            file=file, line=lineno, chunk=chunk, field="chunk")
+                    e = IndexEntry(chunk, offset, length, lineno, meta)
+                    self.entries.append(e)
+                    self._by_chunk[chunk] = e
+                    prev = chunk
+                offset += length
+        if not self.entries:
+            raise ReferenceFormatError("reference holds no chunks", file=file)
+        expected = self.header.get("num_chunks")
+        if isinstance(expected, int) and expected != len(self.entries):
+            raise ReferenceFormatError(
+                f"header promises {expected} chunks but the file holds {len(self.entries)}: truncated or padded",
+                file=file, field="num_chunks")
+
+    # -- access -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def chunk_ids(self) -> list[int]:
+        return [e.chunk for e in self.entries]
+
+    def meta(self, chunk: int) -> Mapping[str, Any]:
+        return self._entry(chunk).meta
+
+    def _entry(self, chunk: int) -> IndexEntry:
+        try:
+            return self._by_chunk[chunk]
+        except KeyError:
+            raise ReferenceFormatError(
+                f"chunk {chunk} is not in the reference (it holds {self.entries[0].chunk}..{self.entries[-1].chunk})",
+                file=str(self.path), chunk=chunk) from None
+
+    def read(self, chunk: int) -> ChunkRecord:
+        e = self._entry(chunk)
+        with self.path.open("rb") as f:
+            f.seek(e.offset)
+            line = f.read(e.length)
+        return self._parse(line, e)
+
+    def __iter__(self) -> Iterator[ChunkRecord]:
+        with self.path.open("rb") as f:
+            for e in self.entries:
+                f.seek(e.offset)
+                yield self._parse(f.read(e.length), e)
+
+    def _parse(self, line: bytes, e: IndexEntry) -> ChunkRecord:
+        file = str(self.path)
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ReferenceFormatError(f"line is not valid JSON ({exc})", file=file, line=e.line,
+                                       chunk=e.chunk) from None
+        rec = ChunkRecord(chunk=e.chunk, line=e.line, meta=e.meta)
+        for section in ("inputs", "outputs"):
+            tensors = obj.get(section)
+            if not isinstance(tensors, dict):
+                raise ReferenceFormatError(f"'{section}' must be an object of tensors", file=file, line=e.line,
+                                           chunk=e.chunk, field=section)
+            target = rec.inputs if section == "inputs" else rec.outputs
+            for name, t in tensors.items():
+                target[name] = decode_tensor(t, file=file, line=e.line, chunk=e.chunk, field=f"{section}.{name}")
+        return rec
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class ReferenceWriter:
+    """Writes a reference JSONL atomically (temp file, renamed on close)."""
+
+    def __init__(self, path: str | Path, header: Mapping[str, Any], num_chunks: int) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._f: IO[bytes] = os.fdopen(fd, "wb")
+        self._expected = int(num_chunks)
+        self._count = 0
+        full = {"streamparity_reference": FORMAT_VERSION, **dict(header), "num_chunks": self._expected}
+        self._f.write((json.dumps(full, sort_keys=True) + "\n").encode("ascii"))
+
+    def write(self, chunk: int, meta: Mapping[str, Any], inputs: Mapping[str, np.ndarray],
+              outputs: Mapping[str, np.ndarray]) -> None:
+        parts = [
+            f'{{"chunk": {int(chunk)}, "meta": ',
+            json.dumps(dict(meta), sort_keys=True),
+            ', "inputs": ',
+            json.dumps({k: encode_tensor(v) for k, v in inputs.items()}),
+            ', "outputs": ',
+            json.dumps({k: encode_tensor(v) for k, v in outputs.items()}),
+            "}\n",
+        ]
+        self._f.write("".join(parts).encode("ascii"))
+        self._count += 1
+
+    def close(self) -> None:
+        try:
+            if self._count != self._expected:
+                raise ValueError(f"wrote {self._count} chunks, header promised {self._expected}")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass
+
+    def __enter__(self) -> ReferenceWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
