@@ -117,6 +117,7 @@ class StabilityGate:
 class Gates:
     vs_baseline_factor: float = 4.0
     offline_atol: float | None = None
+    offline_warmup_chunks: int = 0
     offline_reason: str = ""
     stability: StabilityGate = field(default_factory=StabilityGate)
     reason: str = ""
@@ -357,6 +358,7 @@ def parse_contract(doc: Any, path: Path) -> Contract:
     gates = Gates(
         vs_baseline_factor=g.get("vs_baseline_factor", 4.0),
         offline_atol=g.get("offline_atol"),
+        offline_warmup_chunks=g.get("offline_warmup_chunks", 0),
         offline_reason=g.get("offline_reason", ""),
         stability=StabilityGate(**g.get("stability", {})),
         reason=g.get("reason", ""),

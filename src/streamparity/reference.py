@@ -35,6 +35,15 @@ INDEX_VERSION = 2
 _META_KEY = b'"meta":'
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @dataclass(frozen=True)
 class IndexEntry:
     chunk: int
@@ -251,6 +260,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -272,6 +282,7 @@ class ReferenceWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.chmod(self._tmp, _FILE_MODE)
         self._f: IO[bytes] = os.fdopen(fd, "wb")
         self._expected = int(num_chunks)
         self._count = 0

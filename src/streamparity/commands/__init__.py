@@ -1,0 +1,1 @@
+"""Subcommands of the ``streamparity`` console script, one module each."""

@@ -1,0 +1,353 @@
+"""pytest integration: options, markers, parametrization, report header, terminal summary, summary JSON.
+
+Loaded by the repository's ``conftest.py`` (``pytest_plugins``) or with ``-p streamparity.pytest_plugin``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import __version__
+from .backends.registry import BackendSpec, parse_backend_spec
+from .devices import environment
+from .drivers import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult
+from .errors import BackendUnavailable, StreamparityError
+from .report import SummaryCollector
+from .selection import parse_chunks
+from .session import ParitySession, SessionConfig
+
+MARKERS = {
+    "parity": "runtime-vs-reference parity tests (functional and closed loop) and reference sanity",
+    "functional": "functional mode: reference caches in, every chunk",
+    "closed_loop": "closed-loop mode: the runtime's own caches fed back",
+    "stability": "error-trend (drift) gates over closed-loop runs",
+    "benchmark": "latency benchmarks (pytest-benchmark); run serially",
+    "gpu": "needs a CUDA GPU",
+    "trt": "needs TensorRT",
+    "slow": "slow tests (minutes)",
+}
+DEFAULT_BACKENDS = ("ort-cpu-fp32", "ort-cpu-fp16")
+PROPERTY = "streamparity"
+
+SESSION_KEY = pytest.StashKey[ParitySession | StreamparityError]()
+CFG_KEY = pytest.StashKey[SessionConfig]()
+COLLECTOR_KEY = pytest.StashKey[SummaryCollector]()
+FAIL_ON_WARN_KEY = pytest.StashKey[bool]()
+
+
+def _root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def default_contract() -> Path:
+    env = os.environ.get("STREAMPARITY_CONTRACT")
+    return Path(env) if env else _root() / "contracts" / "tiny-parakeet.contract.json"
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _backend(text: str) -> BackendSpec:
+    return parse_backend_spec(text)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("streamparity", "streamparity: streaming encoder parity")
+    g.addoption("--contract", metavar="PATH", type=_path, default=None,
+                help="contract JSON (default: the embedded tiny model, contracts/tiny-parakeet.contract.json)")
+    g.addoption("--onnx", metavar="PATH", type=_path, default=None,
+                help="ONNX model under test (default: the contract's model.onnx)")
+    g.addoption("--reference", metavar="PATH", type=_path, default=None,
+                help="reference JSONL (default: the contract's model.reference)")
+    g.addoption("--offline-reference", metavar="PATH", type=_path, default=None,
+                help="offline full-context reference .npz (default: the contract's, when --reference is not given)")
+    g.addoption("--backend", metavar="ID", type=_backend, action="append", default=None,
+                help="backend to test, repeatable: KIND-DEVICE-PRECISION, e.g. ort-cpu-fp32, ort-cpu-fp16, "
+                     f"ort-cuda-fp32, trt-cuda-fp32, trt-cuda-fp16 (default: {' '.join(DEFAULT_BACKENDS)})")
+    g.addoption("--chunks", metavar="SEL", type=parse_chunks, default=None,
+                help="chunks to judge: N, A-B or a comma list such as 0-9,17 (default: all)")
+    g.addoption("--report-dir", metavar="DIR", type=_path, default=None,
+                help="where summary.json, report.md and plots go (default: reports/)")
+    g.addoption("--engine-dir", metavar="DIR", type=_path, default=None,
+                help="engine cache folder (default: engines/)")
+    g.addoption("--rebuild-engines", action="store_true", default=False,
+                help="build engines even when the cache holds a matching one (default: off)")
+    g.addoption("--fail-on-warn", action="store_true", default=False,
+                help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    opt = config.option
+    root = Path(str(config.rootpath))
+    cfg = SessionConfig(
+        contract=opt.contract or default_contract(),
+        onnx=opt.onnx,
+        reference=opt.reference,
+        offline=opt.offline_reference,
+        backends=list(opt.backend or [parse_backend_spec(b) for b in DEFAULT_BACKENDS]),
+        chunks=opt.chunks,
+        report_dir=opt.report_dir or root / "reports",
+        engine_dir=opt.engine_dir or root / "engines",
+        rebuild_engines=opt.rebuild_engines,
+    )
+    config.stash[CFG_KEY] = cfg
+    config.stash[FAIL_ON_WARN_KEY] = bool(opt.fail_on_warn)
+    config.stash[COLLECTOR_KEY] = SummaryCollector()
+    config.pluginmanager.register(SummaryReporter(config), "streamparity-summary")
+
+
+def get_session(config: pytest.Config) -> ParitySession:
+    if SESSION_KEY not in config.stash:
+        try:
+            config.stash[SESSION_KEY] = ParitySession(config.stash[CFG_KEY])
+        except StreamparityError as e:
+            config.stash[SESSION_KEY] = e
+    s = config.stash[SESSION_KEY]
+    if isinstance(s, StreamparityError):
+        raise pytest.UsageError(f"streamparity: {s}")
+    return s
+
+
+def _uses_parity(metafunc: pytest.Metafunc) -> bool:
+    return any(n in metafunc.fixturenames for n in ("parity_case", "parity_gate_case", "backend_spec"))
+
+
+def _marks(spec: BackendSpec) -> list[pytest.MarkDecorator]:
+    marks = []
+    if spec.needs_gpu:
+        marks.append(pytest.mark.gpu)
+    if spec.kind == "trt":
+        marks.append(pytest.mark.trt)
+    return marks
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not _uses_parity(metafunc):
+        return
+    session = get_session(metafunc.config)
+    specs = session.cfg.backends
+    if "parity_case" in metafunc.fixturenames:
+        mode = _mode_of(metafunc)
+        chunks = session.functional_chunks() if mode == FUNCTIONAL else session.closed_loop_chunks()
+        params = [pytest.param((spec, mode, k), id=f"{spec.id}-chunk{k:03d}", marks=_marks(spec))
+                  for spec in specs for k in chunks]
+        metafunc.parametrize("parity_case", params)
+    elif "parity_gate_case" in metafunc.fixturenames:
+        mode = _mode_of(metafunc)
+        params = [pytest.param((spec, mode), id=f"{spec.id}-{mode}", marks=_marks(spec)) for spec in specs]
+        metafunc.parametrize("parity_gate_case", params)
+    elif "backend_spec" in metafunc.fixturenames:
+        metafunc.parametrize("backend_spec", [pytest.param(s, id=s.id, marks=_marks(s)) for s in specs])
+
+
+def _mode_of(metafunc: pytest.Metafunc) -> str:
+    for m in metafunc.definition.iter_markers():
+        if m.name in MODES:
+            return m.name
+    raise pytest.UsageError(f"{metafunc.definition.nodeid}: mark the test functional or closed_loop")
+
+
+@pytest.fixture(scope="session")
+def parity(request: pytest.FixtureRequest) -> Iterator[ParitySession]:
+    """The session's ParitySession (contract, reference, backends, cached runs)."""
+    s = get_session(request.config)
+    yield s
+    s.close()
+
+
+def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | None) -> str:
+    opt = config.option
+    args = ["pytest", nodeid]
+    for flag, val in (("--contract", opt.contract), ("--onnx", opt.onnx), ("--reference", opt.reference),
+                      ("--offline-reference", opt.offline_reference)):
+        if val is not None:
+            args += [flag, str(val)]
+    args += ["--backend", spec.id]
+    if chunk is not None:
+        args += ["--chunks", str(chunk)]
+    args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
+    return "repro: " + shlex.join(args)
+
+
+def _record(request: pytest.FixtureRequest, payload: dict[str, Any]) -> None:
+    props = request.node.user_properties
+    props.append((PROPERTY, payload))
+    # flat properties for JUnit XML dashboards
+    props.append(("verdict", payload.get("verdict", "")))
+    for out, m in payload.get("metrics", {}).items():
+        props.append((f"max_abs.{out}", f"{m['max_abs']:.6g}"))
+
+
+def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str, chunk: int) -> None:
+    """Body of every per-chunk parity test."""
+    __tracebackhide__ = True
+    try:
+        session.require_reference()
+    except StreamparityError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        run = session.run(spec, mode)
+    except BackendUnavailable as e:
+        _record(request, {"kind": "chunk", "backend": spec.id, "mode": mode, "chunk": chunk, "verdict": "skip",
+                          "reason": str(e)})
+        pytest.skip(f"{spec.id}: {e}")
+    except StreamparityError as e:
+        pytest.fail(f"{spec.id} cannot run: {e}", pytrace=False)
+    res = run.by_chunk().get(chunk)
+    if res is None:
+        pytest.fail(f"{spec.id} {mode}: chunk {chunk} was not run", pytrace=False)
+    _record(request, chunk_payload(res))
+    message = failure_message(session, res)
+    fail_on_warn = request.config.stash[FAIL_ON_WARN_KEY]
+    if res.verdict == "fail" or (fail_on_warn and res.verdict == "warn"):
+        from .bundles import write_bundle
+
+        bundle = write_bundle(session, res)
+        lines = [message, _repro(request.config, request.node.nodeid, spec, chunk)]
+        if bundle is not None:
+            lines.append(f"repro: streamparity repro {shlex.quote(str(bundle))} --backend {spec.id}")
+        pytest.fail("\n".join(lines), pytrace=False)
+    if res.verdict == "warn":
+        import warnings
+
+        warnings.warn(ParityWarning(message), stacklevel=1)
+
+
+class ParityWarning(UserWarning):
+    """An error above the contract's warn level but within its fail tolerance."""
+
+
+def chunk_payload(res: ChunkResult) -> dict[str, Any]:
+    return {
+        "kind": "chunk",
+        "backend": res.backend,
+        "precision": res.precision,
+        "mode": res.mode,
+        "chunk": res.chunk,
+        "verdict": res.verdict,
+        "error": res.error,
+        "violations": [str(v) for v in res.violations],
+        "cache_len_in": res.cache_len_in,
+        "cache_len_out": res.cache_len_out,
+        "step_ms": res.step_ms,
+        "metrics": {k: {"max_abs": m.max_abs, "mean_abs": m.mean_abs, "p95_abs": m.p95_abs, "p99_abs": m.p99_abs,
+                        "max_rel": m.max_rel, "mismatches": m.mismatches, "numel": m.numel, "nonfinite": m.nonfinite,
+                        "verdict": res.verdicts.get(k, "pass")}
+                    for k, m in res.metrics.items()},
+    }
+
+
+def failure_message(session: ParitySession, res: ChunkResult) -> str:
+    from .compare import describe_failure
+
+    head = f"[{res.backend} {res.mode} chunk {res.chunk}]"
+    lines: list[str] = []
+    if res.error:
+        lines.append(f"{head} runtime error: {res.error}")
+    for v in res.violations:
+        lines.append(f"{head} CONTRACT VIOLATION {v.field}: {v.message}")
+    for name, m in res.metrics.items():
+        vd = res.verdicts.get(name)
+        if vd in ("fail", "warn"):
+            tol = session.contract.tolerance(name, res.precision)
+            label = "FAIL" if vd == "fail" else "WARN"
+            lines.append(f"{head} {label} " + describe_failure(m, tol, what=f"{res.backend} vs reference"))
+    return "\n".join(lines) if lines else f"{head} ok"
+
+
+def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str) -> None:
+    __tracebackhide__ = True
+    try:
+        session.require_reference()
+        gates = session.gates(spec, mode)
+    except BackendUnavailable as e:
+        pytest.skip(f"{spec.id}: {e}")
+    except StreamparityError as e:
+        pytest.fail(str(e), pytrace=False)
+    direct = session.direct_vs_baseline(spec, mode)
+    _record(request, {"kind": "gate", "backend": spec.id, "mode": mode,
+                      "gates": [{"output": g.output, "checks": g.checks} for g in gates],
+                      "vs_ort_fp32_direct_max": max(direct.values()) if direct else None})
+    failed = [(g, k) for g in gates for k in g.failed]
+    if failed:
+        lines = [f"[{spec.id} {mode}] run-level gates failed:"]
+        for g, k in failed:
+            c = g.checks[k]
+            extra = f" (baseline p95 {c['baseline_p95']:.3g})" if "baseline_p95" in c else ""
+            reason = session.contract.tolerance(g.output, spec.precision).reason
+            lines.append(f"  {g.output}: {k} = {c['value']:.4g}, limit {c['limit']:.4g}{extra} -- {reason}")
+        lines.append(_repro(request.config, request.node.nodeid, spec, None))
+        pytest.fail("\n".join(lines), pytrace=False)
+
+
+# -- reporting ------------------------------------------------------------------------------
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    env = environment()
+    cfg = config.stash[CFG_KEY]
+    lines = [
+        f"streamparity {__version__}: contract {cfg.contract}",
+        f"backends: {', '.join(b.id for b in cfg.backends)}"
+        + (f"; chunks {cfg.chunks.text}" if cfg.chunks else ""),
+        "versions: " + ", ".join(f"{k} {env[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "torch",
+                                                              "nemo-toolkit", "numpy") if k in env),
+        "devices: " + (", ".join(env["gpus"]) if env["gpus"] else "no CUDA GPU") + f"; cpu {env['cpu']} x"
+        f"{env['cpu_count']}",
+    ]
+    if "tensorrt" not in env:
+        lines.append("tensorrt: not installed (trt tests will skip)")
+    return lines
+
+
+class SummaryReporter:
+    """Collects per-test payloads (in the controller under xdist) and writes the run's summary."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # user_properties travel with the report from xdist workers to the controller
+        if report.when != "call" and not (report.when == "setup" and report.skipped):
+            return
+        collector = self.config.stash[COLLECTOR_KEY]
+        for name, payload in report.user_properties:
+            if name == PROPERTY and isinstance(payload, dict):
+                collector.add(report.nodeid, report.outcome, payload)
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if hasattr(config, "workerinput"):
+            return
+        collector = config.stash[COLLECTOR_KEY]
+        if not collector.records:
+            return
+        cfg = config.stash[CFG_KEY]
+        terminalreporter.section("streamparity summary")
+        for line in collector.table_lines():
+            terminalreporter.write_line(line)
+        meta: dict[str, Any] = {"environment": environment(), "contract": str(cfg.contract),
+                                "backends": [b.id for b in cfg.backends],
+                                "chunks": cfg.chunks.text if cfg.chunks else "all"}
+        session = config.stash.get(SESSION_KEY, None)
+        if isinstance(session, ParitySession):
+            meta["reference"] = str(session.reference.path)
+            meta["onnx"] = str(session.onnx)
+            meta["contract_name"] = session.contract.name
+            meta["known_issues"] = [{"id": k.id, "outputs": list(k.outputs), "reason": k.reason,
+                                     "status": k.status} for k in session.contract.known_issues]
+            meta["reference_check"] = session.reference_report().to_dict()
+        try:
+            for p in collector.write(cfg.report_dir, meta):
+                terminalreporter.write_line(f"streamparity: wrote {p}")
+        except OSError as e:
+            terminalreporter.write_line(f"streamparity: could not write the report: {e}")
+
+
+__all__ = ["ParityWarning", "chunk_payload", "judge", "judge_gates"]

@@ -1,0 +1,145 @@
+"""Reports: the run's verdict table (terminal), summary.json, and the human-readable report."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .reference import atomic_write_text
+
+
+@dataclass
+class RunRow:
+    backend: str
+    mode: str
+    chunks: int = 0
+    passed: int = 0
+    warned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    worst: dict[str, tuple[float, int]] = field(default_factory=dict)
+    series: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
+    cache_len: dict[int, int] = field(default_factory=dict)
+    step_ms: list[float] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    gate_outcome: str | None = None
+    skip_reason: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.failed or self.gate_outcome == "failed":
+            return "FAIL"
+        if self.chunks == 0 and self.skipped:
+            return "SKIP"
+        if self.warned:
+            return "WARN"
+        return "PASS"
+
+
+class SummaryCollector:
+    """Aggregates the payloads that parity tests attach to their reports."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def add(self, nodeid: str, outcome: str, payload: dict[str, Any]) -> None:
+        self.records.append((nodeid, outcome, payload))
+
+    def rows(self) -> list[RunRow]:
+        rows: dict[tuple[str, str], RunRow] = {}
+        for _nodeid, outcome, p in self.records:
+            key = (p["backend"], p["mode"])
+            row = rows.setdefault(key, RunRow(p["backend"], p["mode"]))
+            if p["kind"] == "gate":
+                row.gates = p["gates"]
+                row.gate_outcome = outcome
+                continue
+            if p.get("verdict") == "skip":
+                row.skipped += 1
+                row.skip_reason = p.get("reason")
+                continue
+            row.chunks += 1
+            v = p["verdict"]
+            if v == "fail" or outcome == "failed":
+                row.failed += 1
+            elif v == "warn":
+                row.warned += 1
+            else:
+                row.passed += 1
+            k = int(p["chunk"])
+            for out, m in p.get("metrics", {}).items():
+                row.series[out][k] = m["max_abs"]
+                if out not in row.worst or not m["max_abs"] <= row.worst[out][0]:
+                    row.worst[out] = (m["max_abs"], k)
+            if p.get("cache_len_out"):
+                row.cache_len[k] = int(p["cache_len_out"][0])
+            if p.get("step_ms"):
+                row.step_ms.append(float(p["step_ms"]))
+        return sorted(rows.values(), key=lambda r: (r.mode, r.backend))
+
+    def table_lines(self) -> list[str]:
+        rows = self.rows()
+        head = f"{'backend':<16} {'mode':<12} {'verdict':<7} {'chunks':>6} {'pass':>5} {'warn':>5} {'fail':>5}  " \
+               f"{'output':<26} {'worst max_abs':>13} {'@chunk':>6} {'p95':>9}"
+        lines = [head, "-" * len(head)]
+        for r in rows:
+            outs = sorted(r.worst) or ["-"]
+            for i, out in enumerate(outs):
+                left = (f"{r.backend:<16} {r.mode:<12} {r.verdict:<7} {r.chunks:>6} {r.passed:>5} {r.warned:>5} "
+                        f"{r.failed:>5}  ") if i == 0 else " " * 65
+                if out == "-":
+                    reason = f"skipped: {r.skip_reason}" if r.skip_reason else ""
+                    lines.append(left + reason)
+                    continue
+                worst, at = r.worst[out]
+                vals = list(r.series[out].values())
+                p95 = float(np.percentile(vals, 95)) if vals and np.all(np.isfinite(vals)) else float("inf")
+                lines.append(left + f"{out:<26} {worst:>13.3g} {at:>6} {p95:>9.3g}")
+        return lines
+
+    def to_json(self, meta: dict[str, Any]) -> dict[str, Any]:
+        runs = []
+        for r in self.rows():
+            outputs = {}
+            for out, ser in r.series.items():
+                vals = [ser[k] for k in sorted(ser)]
+                finite = np.all(np.isfinite(vals)) if vals else True
+                outputs[out] = {
+                    "worst_max_abs": r.worst[out][0],
+                    "worst_chunk": r.worst[out][1],
+                    "p95_max_abs": float(np.percentile(vals, 95)) if vals and finite else None,
+                    "p99_max_abs": float(np.percentile(vals, 99)) if vals and finite else None,
+                    "mean_max_abs": float(np.mean(vals)) if vals and finite else None,
+                    "series": {str(k): ser[k] for k in sorted(ser)},
+                }
+            runs.append({
+                "backend": r.backend, "mode": r.mode, "verdict": r.verdict, "chunks": r.chunks,
+                "passed": r.passed, "warned": r.warned, "failed": r.failed, "skipped": r.skipped,
+                "skip_reason": r.skip_reason,
+                "pass_rate": r.passed / r.chunks if r.chunks else None,
+                "outputs": outputs, "gates": r.gates, "gate_outcome": r.gate_outcome,
+                "cache_len": {str(k): v for k, v in sorted(r.cache_len.items())},
+                "step_ms": {"p50": _pct(r.step_ms, 50), "p95": _pct(r.step_ms, 95), "p99": _pct(r.step_ms, 99)},
+            })
+        return {"streamparity_summary": 1, **meta, "runs": runs}
+
+    def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:
+        doc = self.to_json(meta)
+        path = report_dir / "summary.json"
+        atomic_write_text(path, json.dumps(doc, indent=1, default=str))
+        written = [path]
+        try:
+            from .report_markdown import write_markdown_report
+        except ImportError:
+            return written
+        written += write_markdown_report(doc, report_dir)
+        return written
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None

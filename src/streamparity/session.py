@@ -1,0 +1,185 @@
+"""A parity session: the contract, the reference, the backends and their cached runs.
+
+Shared by the pytest plugin and the CLI.  Runs are computed once per process (per xdist worker)
+and are deterministic, so serial and ``-n 2`` runs give the same verdicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend
+from .backends.registry import BackendSpec, create_backend, parse_backend_spec
+from .compare import percentile
+from .contract import ROLE_ENCODED, Contract, load_contract
+from .drivers import CLOSED_LOOP, FUNCTIONAL, RunResult, run_closed_loop, run_functional
+from .errors import BackendUnavailable, ReferenceInvalid, StreamparityError
+from .reference import ReferenceFile
+from .reference_checks import ReferenceReport, check_reference
+from .selection import ChunkSelection
+
+BASELINE = parse_backend_spec("ort-cpu-fp32")
+
+
+@dataclass
+class SessionConfig:
+    contract: Path
+    onnx: Path | None = None
+    reference: Path | None = None
+    offline: Path | None = None
+    backends: list[BackendSpec] = field(default_factory=list)
+    chunks: ChunkSelection | None = None
+    report_dir: Path = Path("reports")
+    engine_dir: Path = Path("engines")
+    rebuild_engines: bool = False
+
+
+@dataclass
+class GateResult:
+    backend: str
+    mode: str
+    output: str
+    checks: dict[str, dict[str, Any]]
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, v in self.checks.items() if not v["ok"]]
+
+
+class ParitySession:
+    def __init__(self, cfg: SessionConfig) -> None:
+        self.cfg = cfg
+        self.contract: Contract = load_contract(cfg.contract)
+        onnx = cfg.onnx or self.contract.resolve("onnx")
+        ref = cfg.reference or self.contract.resolve("reference")
+        if onnx is None:
+            raise StreamparityError("no ONNX model: pass --onnx or set model.onnx in the contract",
+                                    file=str(cfg.contract), field="model.onnx")
+        if ref is None:
+            raise StreamparityError("no reference: pass --reference or set model.reference in the contract",
+                                    file=str(cfg.contract), field="model.reference")
+        if not onnx.is_file():
+            raise StreamparityError("ONNX model not found", file=str(onnx))
+        self.onnx = onnx
+        self.reference = ReferenceFile(ref)
+        self.offline = cfg.offline or (self.contract.resolve("offline_reference") if cfg.reference is None else None)
+        if self.offline is not None and not self.offline.is_file():
+            raise StreamparityError("offline reference not found", file=str(self.offline))
+        self._backends: dict[str, Backend | BackendUnavailable | StreamparityError] = {}
+        self._runs: dict[tuple[str, str], RunResult] = {}
+        self._ref_report: ReferenceReport | None = None
+
+    # -- selection --------------------------------------------------------------------
+    def functional_chunks(self) -> list[int]:
+        ids = [k for k in self.reference.chunk_ids if self.reference.meta(k).get("has_caches", True)]
+        return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids
+
+    def closed_loop_chunks(self) -> list[int]:
+        ids = self.reference.chunk_ids
+        return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids
+
+    # -- reference --------------------------------------------------------------------
+    def reference_report(self) -> ReferenceReport:
+        if self._ref_report is None:
+            self._ref_report = check_reference(self.contract, self.reference, offline_path=self.offline)
+        return self._ref_report
+
+    def require_reference(self) -> None:
+        rep = self.reference_report()
+        if not rep.ok:
+            raise ReferenceInvalid("reference rejected before judging any runtime:\n" + rep.summary(),
+                                   file=str(self.reference.path))
+
+    # -- backends ---------------------------------------------------------------------
+    def backend(self, spec: BackendSpec) -> Backend:
+        got = self._backends.get(spec.id)
+        if got is None:
+            try:
+                got = create_backend(spec, self.contract, self.onnx,
+                                     {"engine_dir": self.cfg.engine_dir, "rebuild_engines": self.cfg.rebuild_engines})
+            except (BackendUnavailable, StreamparityError) as e:
+                got = e
+            self._backends[spec.id] = got
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def run(self, spec: BackendSpec, mode: str) -> RunResult:
+        key = (spec.id, mode)
+        if key not in self._runs:
+            b = self.backend(spec)
+            if mode == FUNCTIONAL:
+                self._runs[key] = run_functional(b, self.contract, self.reference, self.functional_chunks())
+            elif mode == CLOSED_LOOP:
+                sel = self.closed_loop_chunks()
+                self._runs[key] = run_closed_loop(b, self.contract, self.reference, upto=max(sel) if sel else -1)
+            else:
+                raise ValueError(mode)
+        return self._runs[key]
+
+    # -- run-level gates --------------------------------------------------------------
+    def gates(self, spec: BackendSpec, mode: str) -> list[GateResult]:
+        run = self.run(spec, mode)
+        selected = set(self.functional_chunks() if mode == FUNCTIONAL else self.closed_loop_chunks())
+        chunks = [c for c in run.chunks if c.chunk in selected]
+        base: RunResult | None = None
+        if spec.id != BASELINE.id:
+            try:
+                base = self.run(BASELINE, mode)
+            except (BackendUnavailable, StreamparityError):
+                base = None
+        out: list[GateResult] = []
+        for name in self.contract.compared_outputs():
+            tol = self.contract.tolerance(name, spec.precision)
+            series = [c.metrics[name].max_abs for c in chunks if name in c.metrics]
+            if not series:
+                continue
+            checks: dict[str, dict[str, Any]] = {}
+            p95 = percentile(series, 95)
+            p99 = percentile(series, 99)
+            if tol.p95_max_abs is not None:
+                checks["p95"] = {"value": p95, "limit": tol.p95_max_abs, "ok": p95 <= tol.p95_max_abs}
+            if tol.p99_max_abs is not None:
+                checks["p99"] = {"value": p99, "limit": tol.p99_max_abs, "ok": p99 <= tol.p99_max_abs}
+            if tol.min_pass_fraction is not None:
+                thr = tol.warn_atol if tol.warn_atol is not None else tol.atol
+                frac = float(np.mean([v <= thr for v in series]))
+                checks["pass_fraction"] = {"value": frac, "limit": tol.min_pass_fraction, "threshold": thr,
+                                           "ok": frac >= tol.min_pass_fraction}
+            if base is not None:
+                bsel = [c.metrics[name].max_abs for c in base.chunks if c.chunk in selected and name in c.metrics]
+                if bsel:
+                    bp95 = percentile(bsel, 95)
+                    floor = tol.warn_atol if tol.warn_atol is not None else tol.atol
+                    limit = self.contract.gates.vs_baseline_factor * max(bp95, floor)
+                    checks["vs_ort_fp32"] = {"value": p95, "baseline_p95": bp95, "limit": limit, "ok": p95 <= limit}
+            out.append(GateResult(spec.id, mode, name, checks))
+        return out
+
+    def direct_vs_baseline(self, spec: BackendSpec, mode: str) -> dict[str, float] | None:
+        """Max abs difference of the encoded output, runtime vs ORT FP32, per chunk (not a reference)."""
+        if spec.id == BASELINE.id:
+            return None
+        try:
+            base = self.run(BASELINE, mode).by_chunk()
+        except (BackendUnavailable, StreamparityError):
+            return None
+        out: dict[str, float] = {}
+        for c in self.run(spec, mode).chunks:
+            b = base.get(c.chunk)
+            if b is not None and b.encoded is not None and c.encoded is not None and b.encoded.shape == \
+                    c.encoded.shape:
+                out[str(c.chunk)] = float(np.max(np.abs(b.encoded.astype(np.float64) - c.encoded)))
+        return out
+
+    def encoded_name(self) -> str:
+        return self.contract.output_by_role(ROLE_ENCODED).name
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            if isinstance(b, Backend):
+                b.close()
