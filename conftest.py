@@ -1,3 +1,7 @@
-"""Root conftest: loads the streamparity pytest plugin for this repository's tests."""
+"""Root conftest.
 
-pytest_plugins = ["streamparity.pytest_plugin"]
+The streamparity plugin is registered through the ``pytest11`` entry point of the installed
+package (``pip install -e .``), so that its options (``--reference PATH`` ...) are known before
+pytest picks its rootdir from the command line.  Fixtures shared by the product's own tests are
+in ``tests/conftest.py``.
+"""

@@ -111,6 +111,8 @@ class StabilityGate:
     max_late_early_ratio: float = 2.0
     window: int = 50
     reason: str = ""
+    early_floor_fraction: float = 0.01
+    max_slope_fraction_of_atol: float | None = None
 
 
 @dataclass(frozen=True)
@@ -380,7 +382,8 @@ def parse_contract(doc: Any, path: Path) -> Contract:
                 name=p["name"],
                 description=p.get("description", ""),
                 used=p.get("used", True),
-                shapes={k: ProfileShape(tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for k, v in p["shapes"].items()},
+                shapes={k: ProfileShape(tuple(v["min"]), tuple(v["opt"]), tuple(v["max"]))
+                        for k, v in p["shapes"].items()},
             )
             for p in doc.get("profiles", [])
         ),

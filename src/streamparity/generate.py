@@ -159,7 +159,7 @@ class GenerateResult:
 
 
 def _to_layout(t: Any, contract: Contract) -> np.ndarray:
-    a = t.detach().float().cpu().numpy() if t.dtype.is_floating_point else t.detach().cpu().numpy()
+    a: np.ndarray = t.detach().float().cpu().numpy() if t.dtype.is_floating_point else t.detach().cpu().numpy()
     if contract.cache_layout == "batch_first" and a.ndim == 4:
         a = np.ascontiguousarray(a.transpose(1, 0, 2, 3))
     return a
@@ -188,7 +188,8 @@ def generate(
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     streaming = dict(contract.streaming.nemo)
-    streaming_args = {k: streaming[k] for k in ("chunk_size", "shift_size", "left_chunks") if k in streaming}
+    streaming_args: dict[str, Any] = {k: streaming[k] for k in ("chunk_size", "shift_size", "left_chunks")
+                                      if k in streaming}
     config_sha = None
     if config_path is not None:
         cfg = load_config(config_path)
@@ -219,7 +220,7 @@ def generate(
     gen = torch.Generator().manual_seed(seed)
     feats = torch.randn(1, feat_in, total, generator=gen)
     n_func = num_chunks if functional_chunks is None else min(functional_chunks, num_chunks)
-    header = {
+    header: dict[str, Any] = {
         "contract": c.name,
         "generator": "streamparity.generate",
         "seed": seed,

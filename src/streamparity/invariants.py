@@ -86,7 +86,8 @@ def check_outputs(
             vals = _scalar_per_batch(a)
             if any(v != s.valid_out_len for v in vals):
                 out.append(Violation(chunk, spec.name, f"encoded lengths {vals} != valid_out_len {s.valid_out_len}"))
-        if spec.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME) and inputs is not None and spec.feeds in inputs:
+        if spec.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME) and inputs is not None and spec.feeds \
+                and spec.feeds in inputs:
             want_shape = np.asarray(inputs[spec.feeds]).shape
             if s.cache_output_time_dim == "fixed" and a.shape != want_shape:
                 out.append(Violation(chunk, spec.name, f"shape {list(a.shape)} differs from input {spec.feeds} "

@@ -16,7 +16,7 @@ import pytest
 from . import __version__
 from .backends.registry import BackendSpec, parse_backend_spec
 from .devices import environment
-from .drivers import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult
+from .drivers import FUNCTIONAL, MODES, ChunkResult
 from .errors import BackendUnavailable, StreamparityError
 from .report import SummaryCollector
 from .selection import parse_chunks
@@ -103,6 +103,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[FAIL_ON_WARN_KEY] = bool(opt.fail_on_warn)
     config.stash[COLLECTOR_KEY] = SummaryCollector()
     config.pluginmanager.register(SummaryReporter(config), "streamparity-summary")
+    if any(v is not None for v in (opt.contract, opt.onnx, opt.reference, opt.offline_reference)):
+        get_session(config)  # explicit inputs: report bad ones now, as a usage error
 
 
 def get_session(config: pytest.Config) -> ParitySession:
@@ -190,18 +192,16 @@ def _record(request: pytest.FixtureRequest, payload: dict[str, Any]) -> None:
 def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str, chunk: int) -> None:
     """Body of every per-chunk parity test."""
     __tracebackhide__ = True
-    try:
-        session.require_reference()
-    except StreamparityError as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        run = session.run(spec, mode)
-    except BackendUnavailable as e:
+    problem = _reference_problem(session)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    run, unavailable, broken = _get_run(session, spec, mode)
+    if unavailable is not None:
         _record(request, {"kind": "chunk", "backend": spec.id, "mode": mode, "chunk": chunk, "verdict": "skip",
-                          "reason": str(e)})
-        pytest.skip(f"{spec.id}: {e}")
-    except StreamparityError as e:
-        pytest.fail(f"{spec.id} cannot run: {e}", pytrace=False)
+                          "reason": unavailable})
+        pytest.skip(f"{spec.id}: {unavailable}")
+    if run is None:
+        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
     res = run.by_chunk().get(chunk)
     if res is None:
         pytest.fail(f"{spec.id} {mode}: chunk {chunk} was not run", pytrace=False)
@@ -220,6 +220,24 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
         import warnings
 
         warnings.warn(ParityWarning(message), stacklevel=1)
+
+
+def _reference_problem(session: ParitySession) -> str | None:
+    rep = session.reference_report()
+    if rep.ok:
+        return None
+    first = rep.violations[0] if rep.violations else "streaming outputs differ from the offline reference"
+    return (f"reference {rep.path} rejected before judging any runtime ({len(rep.violations)} violations; "
+            f"see test_reference_is_sane): {first}")
+
+
+def _get_run(session: ParitySession, spec: BackendSpec, mode: str) -> tuple[Any, str | None, str | None]:
+    try:
+        return session.run(spec, mode), None, None
+    except BackendUnavailable as e:
+        return None, str(e), None
+    except StreamparityError as e:
+        return None, None, str(e)
 
 
 class ParityWarning(UserWarning):
@@ -266,13 +284,15 @@ def failure_message(session: ParitySession, res: ChunkResult) -> str:
 
 def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str) -> None:
     __tracebackhide__ = True
-    try:
-        session.require_reference()
-        gates = session.gates(spec, mode)
-    except BackendUnavailable as e:
-        pytest.skip(f"{spec.id}: {e}")
-    except StreamparityError as e:
-        pytest.fail(str(e), pytrace=False)
+    problem = _reference_problem(session)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    run, unavailable, broken = _get_run(session, spec, mode)
+    if unavailable is not None:
+        pytest.skip(f"{spec.id}: {unavailable}")
+    if run is None:
+        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
+    gates = session.gates(spec, mode)
     direct = session.direct_vs_baseline(spec, mode)
     _record(request, {"kind": "gate", "backend": spec.id, "mode": mode,
                       "gates": [{"output": g.output, "checks": g.checks} for g in gates],

@@ -46,13 +46,15 @@ def _ort(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]
 def _trt(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]) -> Backend:
     from .tensorrt import create_trt_backend
 
-    return create_trt_backend(spec, contract, onnx, opts)
+    backend: Backend = create_trt_backend(spec, contract, onnx, opts)
+    return backend
 
 
 def _torch(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]) -> Backend:
     from .torch_nemo import create_torch_backend
 
-    return create_torch_backend(spec, contract, onnx, opts)
+    backend: Backend = create_torch_backend(spec, contract, onnx, opts)
+    return backend
 
 
 FACTORIES: dict[str, Factory] = {"ort": _ort, "trt": _trt, "torch": _torch}

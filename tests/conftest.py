@@ -1,0 +1,36 @@
+"""Shared helpers for streamparity's own tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONTRACT = ROOT / "contracts" / "tiny-parakeet.contract.json"
+TINY_ONNX = ROOT / "fixtures" / "tiny" / "encoder.onnx"
+TINY_REFERENCE = ROOT / "fixtures" / "tiny" / "reference.jsonl"
+
+
+def run_pytest(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run the suite in a subprocess, as a user would."""
+    env = dict(os.environ)
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamparity.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_contract():
+    from streamparity.contract import load_contract
+
+    return load_contract(TINY_CONTRACT)

@@ -1,0 +1,100 @@
+"""The user-facing pytest run: ids, markers, failure messages with repro lines, summary, xdist."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+
+import pytest
+
+from streamparity import onnx_faults as F
+
+from .conftest import ROOT, TINY_ONNX, run_pytest
+
+HAS_XDIST = importlib.util.find_spec("xdist") is not None
+
+
+@pytest.fixture(scope="module")
+def stuck_len_onnx(tmp_path_factory):
+    p = tmp_path_factory.mktemp("faults") / "stuck.onnx"
+    return F.save(F.passthrough(F.load(TINY_ONNX), "cache_last_channel_next_len", "cache_last_channel_len"), p)
+
+
+def test_ids_and_markers_are_readable():
+    r = run_pytest("-m", "parity", "--collect-only", "-q", "--chunks", "17")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "test_closed_loop[ort-cpu-fp16-chunk017]" in r.stdout
+    assert "test_functional[ort-cpu-fp32-chunk017]" in r.stdout
+    assert "test_closed_loop_gates[ort-cpu-fp32-closed_loop]" in r.stdout
+
+
+def test_clean_run_passes_and_writes_summary(tmp_path):
+    r = run_pytest("-m", "parity", "--chunks", "0-29", "--report-dir", str(tmp_path), "-q")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "streamparity summary" in r.stdout
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    modes = {(run["backend"], run["mode"]): run["verdict"] for run in doc["runs"]}
+    assert modes == {(b, m): "PASS" for b in ("ort-cpu-fp32", "ort-cpu-fp16") for m in ("functional", "closed_loop")}
+    assert doc["reference_check"]["ok"] is True
+
+
+def test_report_header_lists_versions_and_devices():
+    r = run_pytest("-m", "parity", "--collect-only", "--chunks", "0")
+    head = r.stdout
+    assert "streamparity 0.1.0: contract" in head and "versions: onnxruntime" in head
+    assert "devices:" in head
+
+
+def test_failure_names_backend_mode_chunk_output_tolerance_and_repro(tmp_path, stuck_len_onnx):
+    r = run_pytest("-m", "parity and closed_loop", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
+                   "--chunks", "3", "--report-dir", str(tmp_path), "-q")
+    assert r.returncode == 1
+    out = r.stdout
+    assert "[ort-cpu-fp32 closed_loop chunk 3] CONTRACT VIOLATION cache_last_channel_next_len" in out
+    assert "requires" in out
+    repro = [ln for ln in out.splitlines() if ln.startswith("repro: pytest ")]
+    assert repro, out[-3000:]
+    # the repro command reruns just that case and fails the same way
+    args = shlex.split(repro[0][len("repro: "):])[1:]
+    again = run_pytest(*args, "-q", "--report-dir", str(tmp_path / "again"))
+    assert again.returncode == 1
+    assert re.search(r"1 failed", again.stdout), again.stdout[-2000:]
+    assert "[ort-cpu-fp32 closed_loop chunk 3] CONTRACT VIOLATION" in again.stdout
+
+
+def test_bad_backend_option_is_a_usage_error():
+    r = run_pytest("-m", "parity", "--backend", "ort-gpu-fp99", "--collect-only")
+    assert r.returncode == 4
+    assert "invalid backend 'ort-gpu-fp99'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_contract_is_a_usage_error(tmp_path):
+    r = run_pytest("-m", "parity", "--contract", str(tmp_path / "none.json"), "--collect-only")
+    assert r.returncode == 4
+    assert "none.json: contract file not found" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.mark.skipif(not HAS_XDIST, reason="pytest-xdist is not installed")
+def test_xdist_gives_the_same_verdicts_as_serial(tmp_path, stuck_len_onnx):
+    common = ["-m", "parity", "--onnx", str(stuck_len_onnx), "--chunks", "0-20", "-q"]
+    serial = run_pytest(*common, "--report-dir", str(tmp_path / "serial"))
+    para = run_pytest(*common, "-n", "2", "--report-dir", str(tmp_path / "xdist"))
+
+    def verdicts(d):
+        doc = json.loads((tmp_path / d / "summary.json").read_text())
+        return {(r["backend"], r["mode"]): (r["verdict"], r["passed"], r["warned"], r["failed"],
+                                            {o: v["series"] for o, v in r["outputs"].items()})
+                for r in doc["runs"]}
+
+    assert serial.returncode == para.returncode == 1
+    assert verdicts("serial") == verdicts("xdist")
+    count = re.search(r"(\d+) failed, (\d+) passed", serial.stdout)
+    assert count is not None and count.groups() == re.search(r"(\d+) failed, (\d+) passed", para.stdout).groups()
+
+
+def test_root_is_repository():
+    assert (ROOT / "pytest.ini").is_file()

@@ -1,0 +1,102 @@
+"""Reference JSONL: writer/reader round trip, random access by byte offset, truncation and stale indexes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streamparity.errors import ReferenceFormatError
+from streamparity.reference import ReferenceFile, ReferenceWriter
+
+
+def _write(path, n=5, **kw):
+    rng = np.random.default_rng(0)
+    with ReferenceWriter(path, {"contract": "t"}, n) as w:
+        for k in range(n):
+            w.write(k, {"has_caches": True, "seed": 1}, {"x": rng.standard_normal((2, 3)).astype(np.float32),
+                                                         "n": np.array([k], np.int64)},
+                    {"y": rng.standard_normal((4,)).astype(np.float16)})
+    return path
+
+
+def test_round_trip_and_random_access(tmp_path):
+    p = _write(tmp_path / "r.jsonl")
+    ref = ReferenceFile(p)
+    assert len(ref) == 5 and ref.header["num_chunks"] == 5
+    rec = ref.read(3)
+    assert rec.inputs["x"].dtype == np.float32 and rec.inputs["x"].shape == (2, 3)
+    assert rec.outputs["y"].dtype == np.float16
+    assert int(rec.inputs["n"][0]) == 3
+    assert [r.chunk for r in ref] == [0, 1, 2, 3, 4]
+
+
+def test_chunk_k_does_not_parse_earlier_chunks(tmp_path):
+    p = _write(tmp_path / "r.jsonl")
+    ref = ReferenceFile(p)
+    lines = p.read_bytes().split(b"\n")
+    # corrupt chunk 1's payload in place (same length): chunk 4 must still read
+    lines[2] = lines[2].replace(b'"data_b64": "', b'"data_b64": "!', 1)[:-1] + lines[2][-1:]
+    p.write_bytes(b"\n".join(lines))
+    ref = ReferenceFile(p, use_sidecar=False)
+    assert int(ref.read(4).inputs["n"][0]) == 4
+    with pytest.raises(ReferenceFormatError, match=r"r.jsonl:3, chunk 1, field 'inputs.x'.*base64"):
+        ref.read(1)
+
+
+def test_plain_list_tensors(tmp_path):
+    p = tmp_path / "lists.jsonl"
+    p.write_text(json.dumps({"chunk": 0, "meta": {}, "inputs": {"a": [[1.0, 2.0]]}, "outputs": {"b": [3]}}) + "\n")
+    rec = ReferenceFile(p).read(0)
+    assert rec.inputs["a"].shape == (1, 2) and int(rec.outputs["b"][0]) == 3
+
+
+def test_truncated_last_line_names_the_line(tmp_path):
+    p = _write(tmp_path / "r.jsonl")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 40])
+    with pytest.raises(ReferenceFormatError, match=r"r.jsonl:6: last line is incomplete"):
+        ReferenceFile(p)
+
+
+def test_missing_chunks_against_header(tmp_path):
+    p = _write(tmp_path / "r.jsonl")
+    lines = p.read_bytes().splitlines(keepends=True)
+    p.write_bytes(b"".join(lines[:-1]))
+    with pytest.raises(ReferenceFormatError, match="promises 5 chunks but the file holds 4"):
+        ReferenceFile(p)
+
+
+def test_non_consecutive_chunks(tmp_path):
+    p = _write(tmp_path / "r.jsonl")
+    lines = p.read_bytes().splitlines(keepends=True)
+    p.write_bytes(b"".join(lines[:2] + lines[3:]))
+    with pytest.raises(ReferenceFormatError, match="0 is followed by 2"):
+        ReferenceFile(p)
+
+
+def test_stale_sidecar_index_is_rebuilt(tmp_path):
+    p = _write(tmp_path / "r.jsonl")
+    ReferenceFile(p)
+    assert (tmp_path / "r.jsonl.idx.json").is_file()
+    _write(p, n=3)
+    assert len(ReferenceFile(p)) == 3
+    (tmp_path / "r.jsonl.idx.json").write_text("{garbage")
+    assert len(ReferenceFile(p)) == 3
+
+
+def test_interrupted_writer_leaves_nothing(tmp_path):
+    p = tmp_path / "r.jsonl"
+    with pytest.raises(RuntimeError), ReferenceWriter(p, {}, 3) as w:
+        w.write(0, {}, {"x": np.zeros(2, np.float32)}, {})
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_short_files(tmp_path):
+    p = tmp_path / "r.jsonl"
+    with pytest.raises(ValueError, match="wrote 1 chunks, header promised 3"), ReferenceWriter(p, {}, 3) as w:
+        w.write(0, {}, {"x": np.zeros(2, np.float32)}, {})
+        w.close()
+    assert not p.exists()
