@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,12 @@ MARKERS = {
     "trt": "needs TensorRT",
     "slow": "slow tests (minutes)",
 }
-DEFAULT_BACKENDS = ("ort-cpu-fp32", "ort-cpu-fp16")
+DEFAULT_BACKENDS = ("ort-cpu-fp32", "ort-cpu-fp16", "trt-cuda-fp32", "trt-cuda-fp16")
 PROPERTY = "streamparity"
 
 SESSION_KEY = pytest.StashKey[ParitySession | StreamparityError]()
 CFG_KEY = pytest.StashKey[SessionConfig]()
+REBUILD_SINCE_KEY = "streamparity_rebuild_since"
 COLLECTOR_KEY = pytest.StashKey[SummaryCollector]()
 FAIL_ON_WARN_KEY = pytest.StashKey[bool]()
 
@@ -98,6 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
         report_dir=opt.report_dir or root / "reports",
         engine_dir=opt.engine_dir or root / "engines",
         rebuild_engines=opt.rebuild_engines,
+        rebuild_since=_rebuild_since(config) if opt.rebuild_engines else None,
     )
     config.stash[CFG_KEY] = cfg
     config.stash[FAIL_ON_WARN_KEY] = bool(opt.fail_on_warn)
@@ -105,6 +108,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SummaryReporter(config), "streamparity-summary")
     if any(v is not None for v in (opt.contract, opt.onnx, opt.reference, opt.offline_reference)):
         get_session(config)  # explicit inputs: report bad ones now, as a usage error
+
+
+def _rebuild_since(config: pytest.Config) -> float:
+    """One timestamp for the whole run, shared with xdist workers, so --rebuild-engines builds each engine once."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and REBUILD_SINCE_KEY in workerinput:
+        return float(workerinput[REBUILD_SINCE_KEY])
+    return time.time()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: hand the run's settings to each worker."""
+    cfg = node.config.stash[CFG_KEY]
+    if cfg.rebuild_since is not None:
+        node.workerinput[REBUILD_SINCE_KEY] = cfg.rebuild_since
 
 
 def get_session(config: pytest.Config) -> ParitySession:
@@ -322,9 +341,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         "devices: " + (", ".join(env["gpus"]) if env["gpus"] else "no CUDA GPU") + f"; cpu {env['cpu']} x"
         f"{env['cpu_count']}",
     ]
-    if "tensorrt" not in env:
-        lines.append("tensorrt: not installed (trt tests will skip)")
+    lines.append("tensorrt: " + _tensorrt_status())
     return lines
+
+
+def _tensorrt_status() -> str:
+    try:
+        from .backends.tensorrt import load_tensorrt
+
+        return str(load_tensorrt().__version__)
+    except BackendUnavailable as e:
+        return f"unavailable, trt tests will skip ({e})"
+    except Exception as e:  # a broken install must not break the header
+        return f"unavailable, trt tests will skip ({type(e).__name__}: {e})"
 
 
 class SummaryReporter:
@@ -368,6 +397,35 @@ class SummaryReporter:
                 terminalreporter.write_line(f"streamparity: wrote {p}")
         except OSError as e:
             terminalreporter.write_line(f"streamparity: could not write the report: {e}")
+
+
+# -- latency benchmarks and the release gate (pytest-benchmark) ------------------------------------
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """GPU names and runtime versions go into pytest-benchmark's saved machine info."""
+    env = environment()
+    machine_info["streamparity"] = {"gpus": list(env["gpus"]), **{
+        k: env[k] for k in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "torch", "numpy") if k in env}}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Release gate: ``--benchmark-compare-fail`` without a saved baseline is a clear usage error up front
+    (pytest-benchmark would only warn, run every benchmark, then stop with a bare usage error)."""
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is None or not getattr(bs, "compare", None) or not getattr(bs, "compare_fail", None):
+        return
+    if getattr(bs, "compared_mapping", None) or hasattr(session.config, "workerinput"):
+        return
+    which = "the latest saved run" if bs.compare is True else f"a saved run matching {bs.compare!r}"
+    raise pytest.UsageError(
+        f"streamparity release gate: no baseline to compare with: {which} was not found in the benchmark "
+        f"storage {bs.storage}.\n  Save a baseline first (same machine, same benchmark selection), e.g.\n"
+        "    pytest -m benchmark -p no:xdist --benchmark-save=baseline\n"
+        "  then gate a candidate with\n"
+        "    pytest -m benchmark -p no:xdist --onnx CANDIDATE.onnx --benchmark-compare "
+        "--benchmark-compare-fail=median:50%\n"
+        "  (--benchmark-storage must name the same folder in both runs)")
 
 
 __all__ = ["ParityWarning", "chunk_payload", "judge", "judge_gates"]

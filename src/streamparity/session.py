@@ -36,6 +36,7 @@ class SessionConfig:
     report_dir: Path = Path("reports")
     engine_dir: Path = Path("engines")
     rebuild_engines: bool = False
+    rebuild_since: float | None = None
 
 
 @dataclass
@@ -100,7 +101,8 @@ class ParitySession:
         if got is None:
             try:
                 got = create_backend(spec, self.contract, self.onnx,
-                                     {"engine_dir": self.cfg.engine_dir, "rebuild_engines": self.cfg.rebuild_engines})
+                                     {"engine_dir": self.cfg.engine_dir, "rebuild_engines": self.cfg.rebuild_engines,
+                                      "rebuild_since": self.cfg.rebuild_since})
             except (BackendUnavailable, StreamparityError) as e:
                 got = e
             self._backends[spec.id] = got
