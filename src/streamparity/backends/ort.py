@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..contract import Contract
-from ..errors import BackendUnavailable, ModelMismatch
-from .base import Backend
+from ..contract import ROLE_AUDIO, Contract
+from ..errors import BackendUnavailable, ContractError, ModelMismatch
+from .base import Backend, Stream
+from .device_loop import BindOutput, BufferPool, DeviceLoopStream, DeviceTensor, Shape
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -99,16 +100,85 @@ class OrtBackend(Backend):
         self.session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
         check_model_io(contract, onnx_path, self.session.get_inputs(), self.session.get_outputs())
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._pool: BufferPool[Any] | None = None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         res = self.session.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, (np.asarray(r) for r in res)))
+
+    def open_stream(self, initial: Mapping[str, np.ndarray], *, fetch_caches: bool = True) -> Stream:
+        """On CUDA: caches stay on the GPU (IOBinding + the shared device loop); on CPU: host ping-pong."""
+        if self.device != "cuda":
+            return super().open_stream(initial, fetch_caches=fetch_caches)
+        ops, ptr = cuda_ops()
+        runner = OrtIOBindingRunner(self, ptr, device_type="cuda", device_id=_gpu_index(), sync=ops.synchronize)
+        if self._pool is None:
+            self._pool = BufferPool(ops)
+        return DeviceLoopStream(self.contract, ops, runner, self._pool, initial, fetch_caches=fetch_caches)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(onnxruntime=self._ort.__version__, providers=self.session.get_providers(),
                  model=str(self.model_path))
         return d
+
+
+class OrtIOBindingRunner:
+    """:class:`~streamparity.backends.device_loop.DeviceRunner` through ONNX Runtime's IOBinding.
+
+    Inputs and outputs are bound to device buffers by pointer, so nothing crosses to the host.  Output
+    shapes must be static once the batch is known (ORT would otherwise allocate them itself).  The same
+    runner binds host buffers with ``device_type="cpu"``, which is how it is tested without a GPU.
+    """
+
+    def __init__(self, backend: OrtBackend, ptr: Callable[[Any], int], *, device_type: str, device_id: int,
+                 sync: Callable[[], None] | None = None) -> None:
+        self.backend = backend
+        self.ptr = ptr
+        self.device_type = device_type
+        self.device_id = device_id
+        self.sync = sync
+
+    def execute(self, inputs: Mapping[str, DeviceTensor[Any]], bind_output: BindOutput) -> dict[str, Shape]:
+        c = self.backend.contract
+        batch = inputs[c.input_by_role(ROLE_AUDIO).name].shape[0]
+        io = self.backend.session.io_binding()
+        for name, t in inputs.items():
+            io.bind_input(name, self.device_type, self.device_id, t.dtype, list(t.shape), self.ptr(t.buf))
+        shapes: dict[str, Shape] = {}
+        for spec in c.outputs:
+            try:
+                shape = c.concrete_shape(spec, {"B": batch})
+            except ContractError:
+                raise BackendUnavailable(
+                    f"IOBinding needs static output shapes; {spec.name} is {spec.shape_str()}") from None
+            buf = bind_output(spec.name, shape)
+            io.bind_output(spec.name, self.device_type, self.device_id, np.dtype(spec.dtype), list(shape),
+                           self.ptr(buf))
+            shapes[spec.name] = shape
+        if self.sync is not None:
+            self.sync()  # our copies ran on another stream
+        self.backend.session.run_with_iobinding(io)
+        return shapes
+
+
+def cuda_ops() -> tuple[Any, Callable[[Any], int]]:
+    """Device ops on this worker's GPU: cuda-python when present, else PyTorch."""
+    try:
+        from .tensorrt import CudartOps, load_cudart
+
+        return CudartOps(load_cudart(), _gpu_index()), int
+    except (BackendUnavailable, ImportError, RuntimeError):
+        pass
+    try:
+        import torch
+
+        from .torch_nemo import TorchOps
+    except ImportError:
+        raise BackendUnavailable("device-resident ORT CUDA needs cuda-python or PyTorch with CUDA") from None
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA GPU visible to PyTorch")
+    return TorchOps(f"cuda:{_gpu_index()}"), lambda t: int(t.data_ptr())
 
 
 def _gpu_index() -> int:
