@@ -5,6 +5,7 @@ Loaded by the repository's ``conftest.py`` (``pytest_plugins``) or with ``-p str
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import time
@@ -56,14 +57,32 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def contract_registry() -> dict[str, Path]:
+    """Contracts shipped in ``contracts/``, by name: ``tiny-parakeet``, ``parakeet-tdt-0.6b-v3`` ..."""
+    folder = _root() / "contracts"
+    return {p.name.removesuffix(".contract.json"): p for p in sorted(folder.glob("*.contract.json"))}
+
+
+def _contract(text: str) -> Path:
+    registry = contract_registry()
+    if text in registry:
+        return registry[text]
+    p = Path(text).expanduser()
+    if not p.suffix and not p.exists():
+        raise argparse.ArgumentTypeError(
+            f"unknown contract {text!r}: give a path or one of {', '.join(registry) or '(none shipped)'}")
+    return p
+
+
 def _backend(text: str) -> BackendSpec:
     return parse_backend_spec(text)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("streamparity", "streamparity: streaming encoder parity")
-    g.addoption("--contract", metavar="PATH", type=_path, default=None,
-                help="contract JSON (default: the embedded tiny model, contracts/tiny-parakeet.contract.json)")
+    g.addoption("--contract", metavar="PATH|NAME", type=_contract, default=None,
+                help="contract JSON, or the name of a shipped one (tiny-parakeet, parakeet-tdt-0.6b-v3) "
+                     "(default: tiny-parakeet, the embedded model)")
     g.addoption("--onnx", metavar="PATH", type=_path, default=None,
                 help="ONNX model under test (default: the contract's model.onnx)")
     g.addoption("--reference", metavar="PATH", type=_path, default=None,
