@@ -15,8 +15,21 @@ TINY_ONNX = ROOT / "fixtures" / "tiny" / "encoder.onnx"
 TINY_REFERENCE = ROOT / "fixtures" / "tiny" / "reference.jsonl"
 
 
+PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir")
+
+
+def join_path_options(args: tuple[str, ...] | list[str]) -> list[str]:
+    """``--reference PATH`` -> ``--reference=PATH``, as the README tells users to write path options."""
+    out: list[str] = []
+    it = iter(args)
+    for a in it:
+        out.append(f"{a}={next(it)}" if a in PATH_OPTIONS else a)
+    return out
+
+
 def run_pytest(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """Run the suite in a subprocess, as a user would."""
+    args = tuple(join_path_options(args))
     env = dict(os.environ)
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_ADDOPTS", None)

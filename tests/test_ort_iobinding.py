@@ -33,7 +33,7 @@ def test_iobinding_loop_equals_host_loop(tiny_contract):
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"chunk {k} {name}")
-        up, down = dev.bytes_moved
+        up, _down = dev.bytes_moved
         assert up == rec.inputs["audio_signal"].nbytes + rec.inputs["length"].nbytes
     assert int(a["cache_last_channel_next_len"][0]) == 24
 

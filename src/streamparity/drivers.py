@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
-from .compare import Metrics, Verdict, compare_output, verdict, worst
+from .compare import Metrics, Verdict, compare_output, describe_failure, verdict, worst
 from .contract import (
     ROLE_AUDIO,
     ROLE_CACHE_CHANNEL,
@@ -45,6 +45,22 @@ class ChunkResult:
     error: str | None = None
     bundle_inputs: dict[str, np.ndarray] | None = None
     bundle_outputs: dict[str, np.ndarray] | None = None
+
+    def describe(self, contract: Contract) -> list[str]:
+        """What failed or warned and how far: the lines of a pytest failure and of ``streamparity repro``."""
+        head = f"[{self.backend} {self.mode} chunk {self.chunk}]"
+        lines: list[str] = []
+        if self.error:
+            lines.append(f"{head} runtime error: {self.error}")
+        for v in self.violations:
+            lines.append(f"{head} CONTRACT VIOLATION {v.field}: {v.message}")
+        for name, m in self.metrics.items():
+            vd = self.verdicts.get(name)
+            if vd in ("fail", "warn"):
+                tol = contract.tolerance(name, self.precision)
+                label = "FAIL" if vd == "fail" else "WARN"
+                lines.append(f"{head} {label} " + describe_failure(m, tol, what=f"{self.backend} vs reference"))
+        return lines or [f"{head} ok"]
 
     @property
     def verdict(self) -> Verdict:

@@ -6,6 +6,7 @@ Loaded by the repository's ``conftest.py`` (``pytest_plugins``) or with ``-p str
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import time
@@ -122,6 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
         rebuild_since=_rebuild_since(config) if opt.rebuild_engines else None,
     )
     config.stash[CFG_KEY] = cfg
+    _check_rootdir(config)
     config.stash[FAIL_ON_WARN_KEY] = bool(opt.fail_on_warn)
     config.stash[COLLECTOR_KEY] = SummaryCollector()
     config.pluginmanager.register(SummaryReporter(config), "streamparity-summary")
@@ -143,6 +145,26 @@ def pytest_configure_node(node: Any) -> None:
     cfg = node.config.stash[CFG_KEY]
     if cfg.rebuild_since is not None:
         node.workerinput[REBUILD_SINCE_KEY] = cfg.rebuild_since
+
+
+PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir")
+
+
+def _check_rootdir(config: pytest.Config) -> None:
+    """pytest picks its rootdir and ini file before plugins add options, so in ``--reference /data/ref.jsonl``
+    it takes the existing path for a test path, roots the run there and skips ./pytest.ini.  Refuse that
+    silently misconfigured run and say how to write it."""
+    if config.inipath is not None:
+        return
+    args = list(config.invocation_params.args)
+    culprits = [f"{a} {b}" for a, b in itertools.pairwise(args) if a in PATH_OPTIONS and Path(b).exists()]
+    local_ini = [n for n in ("pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+                 if (config.invocation_params.dir / n).is_file()]
+    if culprits and local_ini:
+        fixed = ", ".join(c.replace(" ", "=", 1) for c in culprits)
+        raise pytest.UsageError(
+            f"streamparity: pytest ignored {local_ini[0]} and rooted the run at {config.rootpath} because it "
+            f"read the value of {', '.join(culprits)} as a test path. Write path options with '=': {fixed}")
 
 
 def get_session(config: pytest.Config) -> ParitySession:
@@ -210,10 +232,10 @@ def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | N
     for flag, val in (("--contract", opt.contract), ("--onnx", opt.onnx), ("--reference", opt.reference),
                       ("--offline-reference", opt.offline_reference)):
         if val is not None:
-            args += [flag, str(val)]
-    args += ["--backend", spec.id]
+            args.append(f"{flag}={val}")  # '=': a bare existing path would move pytest's rootdir
+    args.append(f"--backend={spec.id}")
     if chunk is not None:
-        args += ["--chunks", str(chunk)]
+        args.append(f"--chunks={chunk}")
     args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
     return "repro: " + shlex.join(args)
 
@@ -303,21 +325,7 @@ def chunk_payload(res: ChunkResult) -> dict[str, Any]:
 
 
 def failure_message(session: ParitySession, res: ChunkResult) -> str:
-    from .compare import describe_failure
-
-    head = f"[{res.backend} {res.mode} chunk {res.chunk}]"
-    lines: list[str] = []
-    if res.error:
-        lines.append(f"{head} runtime error: {res.error}")
-    for v in res.violations:
-        lines.append(f"{head} CONTRACT VIOLATION {v.field}: {v.message}")
-    for name, m in res.metrics.items():
-        vd = res.verdicts.get(name)
-        if vd in ("fail", "warn"):
-            tol = session.contract.tolerance(name, res.precision)
-            label = "FAIL" if vd == "fail" else "WARN"
-            lines.append(f"{head} {label} " + describe_failure(m, tol, what=f"{res.backend} vs reference"))
-    return "\n".join(lines) if lines else f"{head} ok"
+    return "\n".join(res.describe(session.contract))
 
 
 def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str) -> None:

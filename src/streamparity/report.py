@@ -29,10 +29,13 @@ class RunRow:
     gates: list[dict[str, Any]] = field(default_factory=list)
     gate_outcome: str | None = None
     skip_reason: str | None = None
+    stability: dict[str, Any] = field(default_factory=dict)
+    stability_outcome: str | None = None
+    output_verdicts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
     @property
     def verdict(self) -> str:
-        if self.failed or self.gate_outcome == "failed":
+        if self.failed or self.gate_outcome == "failed" or self.stability_outcome == "failed":
             return "FAIL"
         if self.chunks == 0 and self.skipped:
             return "SKIP"
@@ -53,11 +56,19 @@ class SummaryCollector:
     def rows(self) -> list[RunRow]:
         rows: dict[tuple[str, str], RunRow] = {}
         for _nodeid, outcome, p in self.records:
+            if p.get("kind") == "latency":  # benchmarks: kept apart, see to_json
+                continue
             key = (p["backend"], p["mode"])
             row = rows.setdefault(key, RunRow(p["backend"], p["mode"]))
             if p["kind"] == "gate":
                 row.gates = p["gates"]
                 row.gate_outcome = outcome
+                continue
+            if p["kind"] == "stability":
+                row.stability = p.get("outputs", {})
+                row.stability_outcome = outcome
+                for k, v in p.get("cache_len", {}).items():
+                    row.cache_len.setdefault(int(k), int(v))
                 continue
             if p.get("verdict") == "skip":
                 row.skipped += 1
@@ -74,6 +85,8 @@ class SummaryCollector:
             k = int(p["chunk"])
             for out, m in p.get("metrics", {}).items():
                 row.series[out][k] = m["max_abs"]
+                ov = m.get("verdict", "pass")
+                row.output_verdicts[out][ov] = row.output_verdicts[out].get(ov, 0) + 1
                 if out not in row.worst or not m["max_abs"] <= row.worst[out][0]:
                     row.worst[out] = (m["max_abs"], k)
             if p.get("cache_len_out"):
@@ -116,6 +129,7 @@ class SummaryCollector:
                     "p99_max_abs": float(np.percentile(vals, 99)) if vals and finite else None,
                     "mean_max_abs": float(np.mean(vals)) if vals and finite else None,
                     "series": {str(k): ser[k] for k in sorted(ser)},
+                    "verdicts": dict(r.output_verdicts.get(out, {})),
                 }
             runs.append({
                 "backend": r.backend, "mode": r.mode, "verdict": r.verdict, "chunks": r.chunks,
@@ -123,10 +137,13 @@ class SummaryCollector:
                 "skip_reason": r.skip_reason,
                 "pass_rate": r.passed / r.chunks if r.chunks else None,
                 "outputs": outputs, "gates": r.gates, "gate_outcome": r.gate_outcome,
+                "stability": r.stability, "stability_outcome": r.stability_outcome,
                 "cache_len": {str(k): v for k, v in sorted(r.cache_len.items())},
                 "step_ms": {"p50": _pct(r.step_ms, 50), "p95": _pct(r.step_ms, 95), "p99": _pct(r.step_ms, 99)},
             })
-        return {"streamparity_summary": 1, **meta, "runs": runs}
+        latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
+                   if p.get("kind") == "latency"]
+        return {"streamparity_summary": 1, **meta, "runs": runs, "latency": latency}
 
     def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:
         doc = self.to_json(meta)

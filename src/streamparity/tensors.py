@@ -24,7 +24,7 @@ DTYPES: dict[str, np.dtype[Any]] = {
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     a = np.asarray(array)
     name = dtype_name(a.dtype)
-    le = np.ascontiguousarray(a, dtype=DTYPES[name])
+    le = np.ascontiguousarray(a, dtype=DTYPES[name]).reshape(a.shape)  # ascontiguousarray makes scalars 1-d
     return {"dtype": name, "shape": list(le.shape), "data_b64": base64.b64encode(le.tobytes()).decode("ascii")}
 
 
@@ -74,7 +74,7 @@ def decode_tensor(obj: Any, *, file: str, line: int | None, chunk: int | None, f
             raise fail(
                 f"data_b64 holds {len(raw)} bytes, but dtype {dname} and shape {shape} need {count * dt.itemsize}"
             )
-        return np.frombuffer(raw, dtype=dt).reshape(shape)
+        return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))  # tuple: reshape([]) would give (1,)
     if "data" in obj:
         try:
             arr = np.asarray(obj["data"], dtype=dt)
@@ -82,5 +82,5 @@ def decode_tensor(obj: Any, *, file: str, line: int | None, chunk: int | None, f
             raise fail("data is not a numeric list") from None
         if arr.size != count:
             raise fail(f"data holds {arr.size} values, shape {shape} needs {count}")
-        return arr.reshape(shape)
+        return arr.reshape(tuple(shape))
     raise fail("tensor has neither data_b64 nor data")

@@ -1,0 +1,131 @@
+"""``streamparity repro BUNDLE``: rerun one failing chunk from a failure bundle and print the comparison.
+
+The bundle (written by ``pytest -m parity`` for every failing chunk) holds the chunk's inputs with
+the caches that were fed, the expected and the actual outputs, and the judging context.  Only that
+chunk runs; the comparison is printed in the same form as the test failure.  Exit status 1 when the
+chunk fails again, 0 when it passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends.registry import BackendSpec, create_backend, parse_backend_spec
+from ..bundles import read_bundle
+from ..contract import ROLE_CACHE_LEN, Contract, load_contract
+from ..drivers import ChunkResult, judge_chunk
+from ..errors import BackendUnavailable, ModelMismatch, StreamparityError
+from ..reference import ChunkRecord
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("repro", help="rerun one failing chunk from a failure bundle", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..cli import existing_file
+
+    p.add_argument("bundle", type=existing_file, metavar="BUNDLE", help="failure bundle (.npz) from a parity run")
+    p.add_argument("--backend", type=parse_backend_spec, default=None, metavar="ID",
+                   help="backend to rerun on, e.g. ort-cpu-fp32, trt-cuda-fp16 (default: the bundle's)")
+    p.add_argument("--onnx", type=existing_file, default=None, metavar="PATH",
+                   help="ONNX model (default: the one the bundle was judged with)")
+    p.add_argument("--contract", type=existing_file, default=None, metavar="PATH",
+                   help="contract JSON (default: the bundle's)")
+    p.add_argument("--engine-dir", type=Path, default=None, metavar="DIR",
+                   help="engine cache folder for TensorRT (default: a temporary folder)")
+    p.set_defaults(func=run)
+
+
+def load_bundle(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray],
+                                     dict[str, np.ndarray]]:
+    """read_bundle, with every way a file can fail to be a bundle reported as one error naming it."""
+    import zipfile
+
+    try:
+        return read_bundle(path)
+    except (zipfile.BadZipFile, EOFError, UnicodeDecodeError) as e:
+        raise StreamparityError(f"not a streamparity bundle ({type(e).__name__}: {e})", file=str(path)) from None
+
+
+def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
+                   ) -> tuple[dict[str, Any], Contract, Path, dict[str, np.ndarray], dict[str, np.ndarray],
+                              dict[str, np.ndarray]]:
+    meta, inputs, expected, actual = load_bundle(path)
+    file = str(path)
+    for key in ("contract", "onnx", "backend", "chunk", "mode"):
+        if key not in meta:
+            raise StreamparityError(f"bundle metadata lacks {key!r}", file=file, field=f"meta.{key}")
+    contract_path = contract_arg or Path(meta["contract"])
+    if not contract_path.is_file():
+        raise StreamparityError(f"the bundle's contract {contract_path} is gone: pass --contract", file=file,
+                                field="meta.contract")
+    contract = load_contract(contract_path)
+    onnx = onnx_arg or Path(meta["onnx"])
+    if not onnx.is_file():
+        raise StreamparityError(f"the bundle's ONNX {onnx} is gone: pass --onnx", file=file, field="meta.onnx")
+    missing = [n for n in contract.input_names if n not in inputs]
+    if missing:
+        raise StreamparityError(f"bundle lacks inputs {', '.join(missing)}", file=file, chunk=int(meta["chunk"]),
+                                field="input")
+    return meta, contract, onnx, inputs, expected, actual
+
+
+def comparison_lines(contract: Contract, res: ChunkResult) -> list[str]:
+    """The same lines as the pytest failure message."""
+    return res.describe(contract)
+
+
+def rerun(contract: Contract, onnx: Path, spec: BackendSpec, meta: dict[str, Any], inputs: dict[str, np.ndarray],
+          expected: dict[str, np.ndarray], engine_dir: Path) -> ChunkResult:
+    chunk = int(meta["chunk"])
+    try:
+        backend = create_backend(spec, contract, onnx, {"engine_dir": engine_dir})
+    except (StreamparityError, BackendUnavailable):
+        raise
+    except Exception as e:  # the runtime rejects the model: corrupt or not ONNX
+        raise ModelMismatch(f"{spec.id} cannot load the model ({type(e).__name__}: {e})", file=str(onnx)) from None
+    feeds = {n: inputs[n] for n in contract.input_names}
+    try:
+        try:
+            out = backend.run(feeds)
+        except Exception as e:  # a runtime error is the verdict, as in the parity run
+            return ChunkResult(chunk=chunk, mode=str(meta["mode"]), backend=spec.id, precision=spec.precision,
+                               error=f"{type(e).__name__}: {e}")
+    finally:
+        backend.close()
+    rec = ChunkRecord(chunk=chunk, line=0, meta={}, inputs=dict(inputs), outputs=dict(expected))
+    len_in = contract.input_by_role(ROLE_CACHE_LEN).name
+    res = judge_chunk(contract, rec, out, mode=str(meta["mode"]), backend=spec.id, precision=spec.precision,
+                      cache_len_in=feeds[len_in], stream_position=None, inputs=feeds)
+    res.bundle_inputs, res.bundle_outputs = feeds, dict(out)
+    return res
+
+
+def run(args: argparse.Namespace) -> int:
+    meta, contract, onnx, inputs, expected, actual = bundle_context(args.bundle, args.contract, args.onnx)
+    spec = args.backend or parse_backend_spec(str(meta["backend"]))
+    print(f"repro: {args.bundle}: contract {contract.name}, chunk {meta['chunk']} ({meta['mode']}), recorded on "
+          f"{meta['backend']}; rerunning on {spec.id} with {onnx}")
+    with tempfile.TemporaryDirectory(prefix="streamparity-repro-") as tmp:
+        res = rerun(contract, onnx, spec, meta, inputs, expected, args.engine_dir or Path(tmp))
+    for line in comparison_lines(contract, res):
+        print(line)
+    recorded = meta.get("verdicts", {})
+    if recorded:
+        now = {k: res.verdicts.get(k, "-") for k in recorded}
+        same = all(now[k] == v for k, v in recorded.items())
+        print(f"recorded verdicts {recorded}; now {now}: " + ("reproduced" if same else "DIFFERENT"))
+    if spec.id == meta["backend"] and actual:
+        diffs = []
+        got = res.bundle_outputs or {}
+        for name, a in actual.items():
+            if name in (res.metrics or {}) and name in got:
+                diffs.append(f"{name} {float(np.max(np.abs(np.asarray(got[name], np.float64) - a))):.3g}")
+        if diffs:
+            print("rerun vs recorded actual outputs, max abs: " + ", ".join(diffs))
+    print(f"verdict: {res.verdict}")
+    return 1 if res.verdict == "fail" else 0

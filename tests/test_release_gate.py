@@ -1,0 +1,137 @@
+"""Release gate, end to end: save a latency baseline of the embedded model with pytest-benchmark, then
+compare candidates against it with ``--benchmark-compare-fail=median:50%``.
+
+* the same model passes the gate;
+* a genuinely slower model (the tiny encoder plus a chain of 256x256 MatMuls whose result is multiplied by
+  0 and added to the output: same outputs bit for bit, ~4.5x the work per chunk) fails it;
+* no saved baseline gives a clear usage error up front, not a traceback.
+
+Every run is a real ``pytest -m benchmark`` subprocess on the repository's tests with its own benchmark
+storage.  Timer: ``time.process_time`` (CPU time of the process), so that other load on a shared runner
+cannot fail the same-model comparison; the 4.5x model is far beyond the 50% threshold either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ONNX = REPO / "fixtures" / "tiny" / "encoder.onnx"
+GATE = "--benchmark-compare-fail=median:50%"
+EXTRA_LAYERS = 10
+EXTRA_DIM = 256
+
+
+def add_dead_work(src: Path, dst: Path, *, layers: int = EXTRA_LAYERS, dim: int = EXTRA_DIM,
+                  output: str = "outputs") -> Path:
+    """A slower copy of `src` with identical results: ``output += 0 * sum(X @ W1 @ ... @ Wn)``.
+
+    X is a fixed [dim, dim] matrix scaled by the mean of the original output, so the chain depends on the
+    model's input and cannot be constant-folded; the W are random orthogonal matrices (norms preserved,
+    no overflow), so ``0 * sum`` is exactly 0 and the output is unchanged bit for bit.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    raw = f"{output}__before_work"
+    for node in g.node:
+        for i, name in enumerate(node.output):
+            if name == output:
+                node.output[i] = raw
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), "work_x"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "work_zero")]
+    nodes = [helper.make_node("ReduceMean", [raw], ["work_scale"], keepdims=0, name="work_scale"),
+             helper.make_node("Mul", ["work_x", "work_scale"], ["work_h0"], name="work_h0")]
+    for i in range(layers):
+        q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+        inits.append(numpy_helper.from_array(q.astype(np.float32), f"work_w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"work_h{i}", f"work_w{i}"], [f"work_h{i + 1}"], name=f"work_mm{i}"))
+    nodes += [helper.make_node("ReduceSum", [f"work_h{layers}"], ["work_sum"], keepdims=0, name="work_sum"),
+              helper.make_node("Mul", ["work_sum", "work_zero"], ["work_nil"], name="work_nil"),
+              helper.make_node("Add", [raw, "work_nil"], [output], name="work_add")]
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def run_bench(tmp: Path, storage: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "pytest", "tests/benchmarks/test_latency.py", "-m", "benchmark", "-p", "no:xdist",
+           f"--rootdir={REPO}", "--backend=ort-cpu-fp32", f"--report-dir={tmp / 'report'}",
+           f"--benchmark-storage=file://{storage}", "--benchmark-timer=time.process_time", *args]
+    env = {**os.environ, "STREAMPARITY_BENCH_ROUNDS": "200"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env, check=False)
+
+
+def _out(p: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {p.returncode}\n--- stdout ---\n{p.stdout[-4000:]}\n--- stderr ---\n{p.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("release")
+    storage = tmp / "benchmarks"
+    p = run_bench(tmp, storage, "--benchmark-save=baseline")
+    assert p.returncode == 0, _out(p)
+    saved = list(storage.rglob("0001_baseline.json"))
+    assert saved, f"no baseline saved under {storage}\n{_out(p)}"
+    return storage
+
+
+def test_baseline_records_machine_and_percentiles(baseline: Path) -> None:
+    doc = json.loads(next(baseline.rglob("0001_baseline.json")).read_text())
+    info = doc["machine_info"].get("streamparity")
+    assert info is not None and "gpus" in info and "onnxruntime" in info, doc["machine_info"]
+    (bench,) = doc["benchmarks"]
+    extra = bench["extra_info"]
+    assert {"p50_ms", "p95_ms", "p99_ms", "target_status"} <= set(extra), extra
+    assert extra["p50_ms"] <= extra["p95_ms"] <= extra["p99_ms"]
+    assert extra["target_enforced"] is False and "reported only" in extra["target_status"]
+
+
+def test_same_model_passes_the_gate(baseline: Path, tmp_path: Path) -> None:
+    p = run_bench(tmp_path, baseline, "--benchmark-compare=0001", GATE)
+    assert p.returncode == 0, _out(p)
+    assert "Comparing against benchmarks from" in p.stdout + p.stderr
+    assert "Performance has regressed" not in p.stdout + p.stderr
+
+
+def test_slower_model_fails_the_gate(baseline: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    slow = add_dead_work(TINY_ONNX, tmp_path / "slow.onnx")
+    # same results, bit for bit, on a real chunk (the extra work is genuine but dead)
+    from streamparity.contract import load_contract
+    from streamparity.reference import ReferenceFile
+
+    c = load_contract(REPO / "contracts" / "tiny-parakeet.contract.json")
+    ref = ReferenceFile(c.resolve("reference"))  # type: ignore[arg-type]
+    rec = ref.read(5)
+    feeds = {n: rec.inputs[n] for n in c.input_names}
+    outs = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, feeds)
+            for m in (TINY_ONNX, slow)]
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    p = run_bench(tmp_path, baseline, f"--onnx={slow}", "--benchmark-compare=0001", GATE)
+    text = p.stdout + p.stderr
+    assert p.returncode != 0, "a ~4.5x slower model passed the median:50% release gate\n" + _out(p)
+    assert "Performance has regressed" in text and "'median' has failed" in text, _out(p)
+
+
+def test_missing_baseline_is_a_clear_usage_error(tmp_path: Path) -> None:
+    p = run_bench(tmp_path, tmp_path / "empty-storage", "--benchmark-compare=0001", GATE)
+    assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
+    assert "no baseline to compare with" in p.stderr and "--benchmark-save=baseline" in p.stderr, _out(p)
+    assert "Traceback" not in p.stdout + p.stderr, _out(p)

@@ -1,0 +1,120 @@
+"""A model broken at a known layer: the parity run prints `repro:` lines, the printed `streamparity repro`
+command reproduces the failure on that chunk alone, and `streamparity bisect` names the broken tensor."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_ONNX, run_cli, run_pytest
+
+BROKEN_NODE = "/layers.1/feed_forward1/linear2/MatMul"
+BROKEN_TENSOR = "/layers.1/feed_forward1/linear2/MatMul_output_0"
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    from streamparity import onnx_faults
+
+    d = tmp_path_factory.mktemp("broken")
+    onnx = onnx_faults.save(onnx_faults.break_node(onnx_faults.load(TINY_ONNX), BROKEN_NODE, 1.5),
+                            d / "broken.onnx")
+    r = run_pytest("-m", "parity", "tests/parity/test_parity.py", "--onnx", str(onnx), "--backend", "ort-cpu-fp32",
+                   "--chunks", "0-3", "--report-dir", str(d / "reports"), "-p", "no:xdist", "-q")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    return onnx, r.stdout
+
+
+def _repro_commands(out: str) -> dict[tuple[str, int], list[str]]:
+    cmds: dict[tuple[str, int], list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith("repro: streamparity repro "):
+            argv = shlex.split(line[len("repro: "):])
+            m = re.search(r"-(functional|closed_loop)-chunk(\d+)\.npz$", argv[2])
+            assert m, line
+            cmds[(m.group(1), int(m.group(2)))] = argv
+    return cmds
+
+
+def _block(out: str, head: str) -> list[str]:
+    """Lines of the comparison that start with `head`, with their indented detail lines."""
+    lines, keep = [], False
+    for line in out.splitlines():
+        if line.startswith("["):
+            keep = line.startswith(head)
+        elif not line.startswith("  "):
+            keep = False
+        if keep:
+            lines.append(line)
+    return lines
+
+
+def test_failing_chunks_print_repro_lines(broken_run: tuple[Path, str]) -> None:
+    _, out = broken_run
+    cmds = _repro_commands(out)
+    assert {k for k, _ in cmds} == {"functional", "closed_loop"}
+    assert sorted(c for m, c in cmds if m == "functional") == [0, 1, 2, 3]
+    assert "repro: pytest " in out and "--chunks=2" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("mode", ["functional", "closed_loop"])
+def test_printed_repro_command_reproduces_that_chunk_alone(broken_run: tuple[Path, str], mode: str) -> None:
+    _, out = broken_run
+    argv = _repro_commands(out)[(mode, 2)]
+    assert argv[:2] == ["streamparity", "repro"]
+    exe = Path(sys.executable).with_name("streamparity")
+    import subprocess
+
+    r = subprocess.run([str(exe) if exe.is_file() else sys.executable, *(() if exe.is_file() else
+                        ("-m", "streamparity.cli")), *argv[1:]], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    head = f"[ort-cpu-fp32 {mode} chunk 2]"
+    # only that chunk ran, and its comparison is the one the parity run printed, line for line
+    assert not re.search(r"chunk (?!2\b)\d+\]", r.stdout)
+    got = _block(r.stdout, head)
+    assert got and got == _block(out, head)
+    assert "reproduced" in r.stdout and "verdict: fail" in r.stdout
+    assert "rerun vs recorded actual outputs, max abs: outputs 0," in r.stdout
+
+
+def test_bisect_names_the_broken_tensor(broken_run: tuple[Path, str]) -> None:
+    _, out = broken_run
+    bundle = _repro_commands(out)[("functional", 1)][2]
+    r = run_cli("bisect", bundle)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"first divergent tensor: {BROKEN_TENSOR}\n" in r.stdout
+    assert "error profile along the graph" in r.stdout and "layers.0 " in r.stdout
+    assert "changes what a runtime may fuse" in r.stdout
+    # layers before the broken one agree exactly
+    row = next(line for line in r.stdout.splitlines() if line.strip().startswith("layers.0 "))
+    assert row.split()[2] == "0"
+
+
+def test_bisect_from_a_reference_chunk(broken_run: tuple[Path, str], tmp_path: Path) -> None:
+    import json
+
+    onnx, _ = broken_run
+    r = run_cli("bisect", "--chunk", "5", "--onnx", str(onnx), "--json", str(tmp_path / "b.json"))
+    assert r.returncode == 1 and f"first divergent tensor: {BROKEN_TENSOR}" in r.stdout
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["first"]["name"] == BROKEN_TENSOR and doc["chunk"] == 5
+
+
+def test_bisect_clean_model_finds_nothing() -> None:
+    r = run_cli("bisect", "--chunk", "0", "--backend", "ort-cpu-fp16")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no tensor diverges" in r.stdout
+
+
+def test_repro_rejects_a_non_bundle(tmp_path: Path) -> None:
+    bad = tmp_path / "bundle.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    r = run_cli("repro", str(bad))
+    assert r.returncode == 2 and str(bad) in r.stderr and "not a streamparity bundle" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr

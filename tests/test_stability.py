@@ -1,0 +1,155 @@
+"""Unit tests of the stability analysis on synthetic series, and the drift fault end to end in-process:
+the clean closed loop of the embedded model passes the stability gate, a slow cache drift fails it while
+every chunk stays inside the per-chunk tolerance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamparity.backends.base import Backend
+from streamparity.backends.registry import parse_backend_spec
+from streamparity.contract import StabilityGate, Tolerance
+from streamparity.drivers import RunResult, run_closed_loop
+from streamparity.session import ParitySession, SessionConfig
+from streamparity.stability import StabilityResult, analyze, fit_trend
+from tests.drift_fault import DEFAULT_RATE, DriftBackend
+
+REPO = Path(__file__).resolve().parents[1]
+GATE = StabilityGate(max_slope_per_chunk=1e-7, slope_sigma=3.0, max_late_early_ratio=3.0, window=50)
+TOL = Tolerance(atol=1e-4, rtol=1e-4, reason="test", warn_atol=2e-5, p99_max_abs=5e-5)
+
+
+def noise(n: int, level: float = 1e-6, seed: int = 0) -> np.ndarray:
+    return level * (1 + 0.2 * np.random.default_rng(seed).standard_normal(n))
+
+
+def test_fit_trend_recovers_slope_and_stderr() -> None:
+    x = np.arange(300, dtype=np.float64)
+    y = 2e-6 + 3e-8 * x + 1e-7 * np.random.default_rng(1).standard_normal(300)
+    slope, icpt, se = fit_trend(x, y)
+    assert abs(slope - 3e-8) < 4 * se
+    assert se == pytest.approx(1e-7 * np.sqrt(12 / 300**3), rel=0.2)
+    assert icpt == pytest.approx(2e-6, abs=5e-8)
+
+
+def test_flat_noise_passes() -> None:
+    r = analyze(noise(300), GATE, TOL)
+    assert r.verdict == "pass", r.describe()
+    assert abs(r.t) < 4 and r.ratio < 1.5 and r.early is not None and r.early.n == 50
+
+
+def test_slow_drift_under_tolerance_fails_on_slope() -> None:
+    # 5e-7 per chunk: chunk 49 is at ~2.6e-5, far below atol 1e-4, but the trend is 5x the limit
+    y = noise(300) + 5e-7 * np.arange(300)
+    assert y[:50].max() < TOL.atol
+    r = analyze(y, GATE, Tolerance(atol=1e-3, rtol=0, reason="wide", p99_max_abs=1e-3))
+    assert r.verdict == "fail"
+    assert any("significantly above the limit" in s for s in r.reasons), r.describe()
+    text = r.describe("drift")
+    assert "slope" in text and "±" in text and "limit 1e-07" in text and "late window" in text
+
+
+def test_ratio_gate_and_near_zero_floor() -> None:
+    # 1e-9 noise that "triples" is still noise: the early mean is floored at 1% of atol
+    tiny = np.r_[np.full(50, 1e-9), np.full(50, 3.5e-9)]
+    r = analyze(tiny, GATE, TOL)
+    assert r.ratio < 0.01 and not any("late-window" in s for s in r.reasons), r.describe()
+    # a real step to 4x a visible error fails the ratio gate even without a significant slope limit breach
+    step = np.r_[np.full(50, 5e-6), np.full(50, 2e-5)]
+    r = analyze(step, StabilityGate(max_slope_per_chunk=1.0, window=50, max_late_early_ratio=3.0), TOL)
+    assert r.verdict == "fail" and any("late-window mean" in s for s in r.reasons), r.describe()
+
+
+def test_non_finite_fails_and_names_chunks() -> None:
+    y = noise(100)
+    y[[17, 42]] = [np.nan, np.inf]
+    r = analyze(y, GATE, TOL)
+    assert r.verdict == "fail" and r.nonfinite_chunks == [17, 42]
+    assert "17, 42" in r.reasons[0]
+
+
+def test_bounds_max_and_p99() -> None:
+    y = noise(100)
+    y[60] = 2e-4
+    r = analyze(y, GATE, TOL)
+    assert r.verdict == "fail" and any("chunk 60 exceeds atol" in s for s in r.reasons), r.describe()
+    y = noise(100)
+    y[::10] = 6e-5  # 10% of the chunks above the P99 limit 5e-5, all under atol
+    r = analyze(y, StabilityGate(max_slope_per_chunk=1.0, max_late_early_ratio=100), TOL)
+    assert any("P99" in s for s in r.reasons), r.describe()
+
+
+def test_sparse_chunks_and_short_series() -> None:
+    ks = list(range(0, 300, 6))
+    y = 1e-6 + 1e-6 * np.asarray(ks)  # 1e-6 per chunk on a sparse grid
+    r = analyze(y, GATE, TOL, chunks=ks)
+    assert r.slope == pytest.approx(1e-6) and r.verdict == "fail"
+    r = analyze([1e-6, 2e-6], GATE, TOL)
+    assert r.verdict == "pass" and "too few" in r.notes[0]
+    with pytest.raises(ValueError):
+        analyze([1.0, 2.0], GATE, TOL, chunks=[0])
+
+
+def test_staircase_is_not_a_trend() -> None:
+    """Cache errors behave like a sliding maximum (a frame lives ~12 chunks): the autocorrelation widens the
+    standard error so that a few steps are not called significant growth."""
+    y = np.repeat([1.0e-6, 1.2e-6, 1.4e-6, 1.4e-6], 12)[:48]
+    naive = fit_trend(np.arange(48.0), y)
+    r = analyze(y, GATE, TOL)
+    assert r.lag1_autocorr > 0.5 and r.stderr > 2 * naive[2]
+    assert r.verdict != "fail", r.describe()
+
+
+def test_constant_and_exact_line() -> None:
+    assert analyze(np.full(100, 1e-6), GATE, TOL).verdict == "pass"
+    r = analyze(1e-6 + 2e-7 * np.arange(100), GATE, TOL)  # exact line: zero residual, infinitely significant
+    assert r.verdict == "fail" and r.stderr < 1e-15
+
+
+def test_slope_fraction_of_atol_raises_the_limit() -> None:
+    g = StabilityGate(max_slope_per_chunk=1e-7, max_slope_fraction_of_atol=1e-3, max_late_early_ratio=1e9)
+    fp16 = Tolerance(atol=2e-2, rtol=1e-2, reason="fp16")
+    y = 2e-3 + 5e-6 * np.arange(300)  # 5e-6/chunk < 1e-3 * atol = 2e-5
+    assert analyze(y, g, fp16).slope_limit == pytest.approx(2e-5)
+    assert analyze(y, g, fp16).verdict != "fail"
+
+
+# -- end to end on the embedded model ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def session() -> Iterator[ParitySession]:
+    s = ParitySession(SessionConfig(contract=REPO / "contracts" / "tiny-parakeet.contract.json"))
+    yield s
+    s.close()
+
+
+def _judge(session: ParitySession, backend: Backend) -> tuple[dict[str, StabilityResult], RunResult]:
+    run = run_closed_loop(backend, session.contract, session.reference, keep_bundles=False)
+    gate = session.contract.gates.stability
+    results = {}
+    for name in session.contract.compared_outputs():
+        pts = [(c.chunk, c.metrics[name].max_abs) for c in run.chunks if name in c.metrics]
+        results[name] = analyze([v for _, v in pts], gate, session.contract.tolerance(name, "fp32"),
+                                chunks=[k for k, _ in pts])
+    return results, run
+
+
+def test_clean_closed_loop_passes_and_drift_fails(session: ParitySession) -> None:
+    base = session.backend(parse_backend_spec("ort-cpu-fp32"))
+    clean, _ = _judge(session, base)
+    assert all(r.verdict == "pass" for r in clean.values()), {k: r.describe() for k, r in clean.items()}
+    enc = session.encoded_name()
+    assert abs(clean[enc].slope) < session.contract.gates.stability.max_slope_per_chunk / 10
+
+    drifted, run = _judge(session, DriftBackend(base, DEFAULT_RATE))
+    # every chunk -- the first 50 included -- is inside the per-chunk tolerance ...
+    first50 = [c for c in run.chunks if c.chunk < 50]
+    assert len(first50) == 50 and all(c.verdict != "fail" for c in first50)
+    assert all(c.verdict != "fail" for c in run.chunks)
+    # ... yet the stability gate fails on the encoder output and on the cache it corrupts
+    assert drifted[enc].verdict == "fail", drifted[enc].describe()
+    assert drifted["cache_last_channel_next"].verdict == "fail"
+    assert drifted[enc].slope > 2 * session.contract.gates.stability.max_slope_per_chunk
