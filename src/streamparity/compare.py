@@ -79,9 +79,10 @@ def compare_arrays(
     nonfinite_mask = ~np.isfinite(a64) | ~np.isfinite(e64)
     nonfinite = int(nonfinite_mask.sum())
     diff = np.where(nonfinite_mask, np.inf, diff)
-    rel = diff / np.maximum(np.abs(e64), np.finfo(np.float32).tiny)
-    allowed = atol + rtol * np.abs(e64)
-    mism = (diff > allowed) | nonfinite_mask
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite elements are counted, not warned about
+        rel = np.where(nonfinite_mask, np.inf, diff / np.maximum(np.abs(e64), np.finfo(np.float32).tiny))
+        allowed = atol + rtol * np.abs(e64)
+        mism = (diff > allowed) | nonfinite_mask
     flat = int(np.argmax(diff))
     idx = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
     finite_diff = diff[np.isfinite(diff)]

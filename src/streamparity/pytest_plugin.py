@@ -10,6 +10,7 @@ import itertools
 import os
 import shlex
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ import pytest
 from . import __version__
 from .backends.registry import BackendSpec, parse_backend_spec
 from .devices import environment
-from .drivers import FUNCTIONAL, MODES, ChunkResult
+from .drivers import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult
 from .errors import BackendUnavailable, StreamparityError
 from .report import SummaryCollector
 from .selection import parse_chunks
 from .session import ParitySession, SessionConfig
+from .stability import StabilityResult, analyze
 
 MARKERS = {
     "parity": "runtime-vs-reference parity tests (functional and closed loop) and reference sanity",
@@ -277,8 +279,6 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
             lines.append(f"repro: streamparity repro {shlex.quote(str(bundle))} --backend {spec.id}")
         pytest.fail("\n".join(lines), pytrace=False)
     if res.verdict == "warn":
-        import warnings
-
         warnings.warn(ParityWarning(message), stacklevel=1)
 
 
@@ -298,6 +298,72 @@ def _get_run(session: ParitySession, spec: BackendSpec, mode: str) -> tuple[Any,
         return None, str(e), None
     except StreamparityError as e:
         return None, None, str(e)
+
+
+def _record_stability(request: pytest.FixtureRequest, payload: dict[str, Any]) -> None:
+    props = request.node.user_properties
+    props.append((PROPERTY, payload))
+    # flat properties for JUnit XML dashboards
+    props.append(("stability.verdict", payload["verdict"]))
+    for out, r in payload.get("outputs", {}).items():
+        for key in ("verdict", "slope", "stderr", "t", "ratio", "max_abs", "p99"):
+            v = r.get(key)
+            props.append((f"stability.{out}.{key}", v if isinstance(v, str) else f"{v:.4g}" if v is not None
+                          else ""))
+
+
+def judge_stability(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec) -> None:
+    __tracebackhide__ = True
+    # errors become verdicts outside the except blocks: no chained "During handling ..." tracebacks
+    problem = _reference_problem(session)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    run, unavailable, broken = _get_run(session, spec, CLOSED_LOOP)
+    if unavailable is not None:
+        _record_stability(request, {"kind": "stability", "backend": spec.id, "mode": CLOSED_LOOP,
+                                    "verdict": "skip", "reason": unavailable, "outputs": {}})
+        pytest.skip(f"{spec.id}: {unavailable}")
+    if run is None:
+        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
+    gate = session.contract.gates.stability
+    selected = set(session.closed_loop_chunks())
+    chunks = [c for c in run.chunks if c.chunk in selected]
+    head = f"[{spec.id} {CLOSED_LOOP}]"
+    errored = [c for c in chunks if c.error]
+    if errored:
+        pytest.fail(f"{head} stability cannot be judged: {len(errored)} chunk(s) did not run, first: chunk "
+                    f"{errored[0].chunk}: {errored[0].error}", pytrace=False)
+    results: dict[str, StabilityResult] = {}
+    outputs: dict[str, Any] = {}
+    for name in session.contract.compared_outputs():
+        pts = [(c.chunk, c.metrics[name].max_abs) for c in chunks if name in c.metrics]
+        if not pts:
+            continue
+        tol = session.contract.tolerance(name, spec.precision)
+        res = analyze([v for _, v in pts], gate, tol, chunks=[k for k, _ in pts])
+        results[name] = res
+        outputs[name] = {**res.to_dict(), "series": {str(k): v for k, v in pts},
+                         "atol": tol.atol, "warn_atol": tol.warn_atol}
+    verdicts = [r.verdict for r in results.values()]
+    verdict = "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "pass"
+    cache_len = {str(c.chunk): c.cache_len_out[0] for c in chunks if c.cache_len_out}
+    _record_stability(request, {"kind": "stability", "backend": spec.id, "precision": spec.precision,
+                                "mode": CLOSED_LOOP, "verdict": verdict, "outputs": outputs,
+                                "cache_len": cache_len, "reason": gate.reason})
+    if not results:
+        pytest.fail(f"{head} no compared output has an error series to judge", pytrace=False)
+    bad = {n: r for n, r in results.items() if r.verdict != "pass"}
+    if not bad:
+        return
+    lines = [r.describe(f"{head} output {n!r}") for n, r in bad.items()]
+    if gate.reason:
+        lines.append(f"gate: {gate.reason}")
+    if verdict == "fail":
+        repro = _repro(request.config, request.node.nodeid, spec, None)
+        sel = request.config.option.chunks
+        lines.append(repro + (f" --chunks={sel.text}" if sel is not None else ""))
+        pytest.fail("\n".join(lines), pytrace=False)
+    warnings.warn(ParityWarning("\n".join(lines)), stacklevel=1)
 
 
 class ParityWarning(UserWarning):
@@ -455,4 +521,4 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         "  (--benchmark-storage must name the same folder in both runs)")
 
 
-__all__ = ["ParityWarning", "chunk_payload", "judge", "judge_gates"]
+__all__ = ["ParityWarning", "chunk_payload", "judge", "judge_gates", "judge_stability"]
