@@ -131,6 +131,7 @@ class Latency:
     device: str
     precision: str | None = None
     reason: str = ""
+    backends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,7 @@ def parse_contract(doc: Any, path: Path) -> Contract:
         ),
         tolerances=tolerances,
         gates=gates,
-        latency=Latency(**lat) if lat else None,
+        latency=Latency(**{**lat, "backends": tuple(lat.get("backends", ()))}) if lat else None,
         build=BuildOptions(
             fp32_disable_tf32=b.get("fp32_disable_tf32", True),
             fp16_fp32_layers=tuple(b.get("fp16_fp32_layers", ())),

@@ -49,7 +49,7 @@ def target_status(contract: Contract, spec: BackendSpec, p95_ms: float | None) -
     if lat is None:
         return {"target_status": "no latency target in the contract"}
     info: dict[str, Any] = {"target_ms": lat.target_ms, "target_device": lat.device,
-                            "target_precision": lat.precision}
+                            "target_precision": lat.precision, "target_backends": list(lat.backends)}
     gpus = list(gpu_names())
     matching = [g for g in gpus if lat.device.lower() in g.lower()]
     why_not = None
@@ -57,6 +57,8 @@ def target_status(contract: Contract, spec: BackendSpec, p95_ms: float | None) -
         why_not = f"running GPU {', '.join(gpus) or 'none'} does not match the contract's {lat.device!r}"
     elif not spec.needs_gpu:
         why_not = f"{spec.id} does not run on the GPU"
+    elif lat.backends and spec.kind not in lat.backends:
+        why_not = f"target is for {', '.join(lat.backends)} backends, this one is {spec.kind}"
     elif lat.precision is not None and lat.precision != spec.precision:
         why_not = f"target is for {lat.precision}, this backend runs {spec.precision}"
     if why_not or p95_ms is None:
