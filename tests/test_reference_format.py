@@ -100,3 +100,20 @@ def test_writer_refuses_short_files(tmp_path):
         w.write(0, {}, {"x": np.zeros(2, np.float32)}, {})
         w.close()
     assert not p.exists()
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 1 << 20])
+def test_line_scanner_offsets_any_block_size(tmp_path, block_size):
+    from streamparity.reference import _PREFIX, _scan_lines
+
+    lines = [b'{"a": 1}\n', b"\n", b"x" * (_PREFIX + 10) + b"\n", b"tail-without-newline"]
+    p = tmp_path / "lines.jsonl"
+    p.write_bytes(b"".join(lines))
+    got = list(_scan_lines(p, block_size=block_size))
+    offset = 0
+    for (_lineno, off, length, head, complete), line in zip(got, lines, strict=True):
+        assert (off, length) == (offset, len(line))
+        assert head == line[:_PREFIX]
+        assert complete == line.endswith(b"\n")
+        offset += len(line)
+    assert [g[0] for g in got] == [1, 2, 3, 4]

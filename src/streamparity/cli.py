@@ -1,4 +1,4 @@
-"""Console script ``streamparity``: make-reference, check-reference, run, repro, bisect."""
+"""Console script ``streamparity``: make-reference, check-reference, repro, bisect."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from .tensors import encode_tensor
 FORMAT_VERSION = 1
 INDEX_VERSION = 2
 _META_KEY = b'"meta":'
+_PREFIX = 65536  # bytes of a line read to find its chunk id and meta
 
 
 def _umask() -> int:
@@ -79,39 +80,87 @@ def _file_key(path: Path) -> dict[str, Any]:
     }
 
 
+def _meta_from_prefix(head: bytes, file: str, lineno: int) -> tuple[int, dict[str, Any]] | None:
+    """Chunk id and meta from the first bytes of one of our own lines, or None to parse the whole line."""
+    pos = head.find(_META_KEY, 0, 4096)
+    if not (head.startswith(b'{"chunk":') and pos > 0):
+        return None
+    try:
+        chunk = int(head[9:pos].strip().rstrip(b",").strip())
+    except ValueError as e:
+        raise ReferenceFormatError(f"malformed chunk prefix ({e})", file=file, line=lineno) from None
+    try:
+        # the prefix may end inside a multi-byte character; meta itself lies well before that
+        meta, _ = json.JSONDecoder().raw_decode(head[pos + len(_META_KEY):].decode("utf-8", "ignore").lstrip())
+    except ValueError:
+        return None  # meta longer than the prefix, or malformed: the full parse decides
+    if not isinstance(meta, dict):
+        raise ReferenceFormatError("meta must be an object", file=file, line=lineno, chunk=chunk, field="meta")
+    return chunk, meta
+
+
 def _meta_only(line: bytes, file: str, lineno: int) -> tuple[int | None, dict[str, Any], bool]:
-    """Parse chunk id and meta without decoding tensors. Returns (chunk, meta, is_header)."""
+    """Parse chunk id and meta of a whole line. Returns (chunk, meta, is_header)."""
     if line.startswith(b'{"streamparity_reference"'):
         try:
             return None, json.loads(line), True
         except json.JSONDecodeError as e:
             raise ReferenceFormatError(f"header is not valid JSON ({e.msg})", file=file, line=lineno) from None
-    pos = line.find(_META_KEY, 0, 4096)
-    if line.startswith(b'{"chunk":') and pos > 0:
-        try:
-            chunk = int(line[9:pos].strip().rstrip(b",").strip())
-            meta, _ = json.JSONDecoder().raw_decode(line[pos + len(_META_KEY):].decode("utf-8", "strict").lstrip())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ReferenceFormatError(f"malformed chunk prefix ({e})", file=file, line=lineno) from None
-        if not isinstance(meta, dict):
-            raise ReferenceFormatError("meta must be an object", file=file, line=lineno, chunk=chunk, field="meta")
-        return chunk, meta, False
-    # foreign writer: fall back to a full parse
+    fast = _meta_from_prefix(line[:_PREFIX], file, lineno)
+    if fast is not None:
+        return fast[0], fast[1], False
+    # foreign writer (or a meta longer than the prefix): full parse
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ReferenceFormatError(
-            f"line is not valid JSON ({e.msg} at column {e.colno}); the file may be truncated",
-            file=file, line=lineno) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise ReferenceFormatError(f"line is not valid JSON ({msg}); the file may be truncated",
+                                   file=file, line=lineno) from None
     if not isinstance(obj, dict):
         raise ReferenceFormatError("line is not a JSON object", file=file, line=lineno)
     if "streamparity_reference" in obj:
         return None, obj, True
-    chunk_v = obj.get("chunk", obj.get("chunk_index"))
+    chunk_v = obj.get("chunk", obj.get("chunk_index", obj.get("chunk_idx")))
     if not isinstance(chunk_v, int):
         raise ReferenceFormatError("line has no integer 'chunk'", file=file, line=lineno, field="chunk")
     meta_v = obj.get("meta", obj.get("metadata", {}))  # "metadata": the checklist project's writer
     return chunk_v, dict(meta_v) if isinstance(meta_v, dict) else {}, False
+
+
+def _read_at(f: IO[bytes], offset: int, length: int) -> bytes:
+    f.seek(offset)
+    return f.read(length)
+
+
+def _scan_lines(path: Path, block_size: int = 1 << 23) -> Iterator[tuple[int, int, int, bytes, bool]]:
+    """Yield (line number, offset, length, first _PREFIX bytes, ends with newline) for every line,
+    reading fixed-size blocks: memory stays at one block whatever the line length."""
+    with path.open("rb") as f:
+        pos = 0
+        start = 0
+        head = bytearray()
+        lineno = 0
+        while True:
+            block = f.read(block_size)
+            if not block:
+                break
+            i = 0
+            while True:
+                nl = block.find(b"\n", i)
+                seg_end = len(block) if nl < 0 else nl + 1
+                if len(head) < _PREFIX:
+                    head += block[i:min(seg_end, i + _PREFIX - len(head))]
+                if nl < 0:
+                    break
+                lineno += 1
+                end = pos + nl + 1
+                yield lineno, start, end - start, bytes(head), True
+                head = bytearray()
+                start = end
+                i = nl + 1
+            pos += len(block)
+        if start < pos:
+            yield lineno + 1, start, pos - start, bytes(head), False
 
 
 class ReferenceFile:
@@ -157,33 +206,36 @@ class ReferenceFile:
                 pass  # read-only location: keep the index in memory
 
     def _build_index(self) -> None:
+        """One pass over the file in 8 MiB blocks: newline positions, and per line only its first bytes
+        (chunk id and meta), so multi-MB tensor payloads are never kept, copied whole or decoded here."""
         file = str(self.path)
-        offset = 0
         prev: int | None = None
-        with self.path.open("rb") as f:
-            for lineno, line in enumerate(f, start=1):
-                length = len(line)
-                if not line.endswith(b"\n"):
+        with self.path.open("rb") as whole:
+            for lineno, offset, length, head, complete in _scan_lines(self.path):
+                if not complete:
                     # last line without newline: accept only if it parses completely
                     try:
-                        json.loads(line)
+                        json.loads(_read_at(whole, offset, length))
                     except (json.JSONDecodeError, UnicodeDecodeError):
                         raise ReferenceFormatError(
                             "last line is incomplete (no newline, invalid JSON): the file is truncated",
                             file=file, line=lineno) from None
-                stripped = line.strip()
-                if not stripped:
-                    offset += length
+                if not head.strip() and length <= _PREFIX:
                     continue
-                chunk, meta, is_header = _meta_only(stripped, file, lineno)
+                fast = _meta_from_prefix(head, file, lineno) if head.startswith(b'{"chunk":') else None
+                chunk: int | None
+                if fast is not None:
+                    chunk, meta, is_header = fast[0], fast[1], False
+                else:
+                    chunk, meta, is_header = _meta_only(_read_at(whole, offset, length).strip(), file, lineno)
                 if is_header:
                     if self.entries or self.header:
                         raise ReferenceFormatError("header must be the first line", file=file, line=lineno)
                     self.header = meta
                 elif chunk is not None:
                     if chunk in self._by_chunk:
-                        raise ReferenceFormatError(f"duplicate chunk {chunk}", file=file, line=lineno, chunk=chunk,
-                                                   field="chunk")
+                        raise ReferenceFormatError(f"duplicate chunk {chunk}", file=file, line=lineno,
+                                                   chunk=chunk, field="chunk")
                     if prev is not None and chunk != prev + 1:
                         raise ReferenceFormatError(
                             f"chunks are not consecutive: {prev} is followed by {chunk}",
@@ -192,7 +244,6 @@ class ReferenceFile:
                     self.entries.append(e)
                     self._by_chunk[chunk] = e
                     prev = chunk
-                offset += length
         if not self.entries:
             raise ReferenceFormatError("reference holds no chunks", file=file)
         expected = self.header.get("num_chunks")
