@@ -193,3 +193,17 @@ def test_second_backend_uses_the_cached_engine(trt_backends: dict[str, Backend],
         assert again.describe()["engine"] == trt_backends["fp32"].describe()["engine"]
     finally:
         again.close()
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_session_engine_fixtures_skip_with_reason_or_run(parity, trt_fp32, ort_fp32):
+    """Engines are session fixtures: built (or loaded from the engine cache) once, shared by every test."""
+    from streamparity.compare import compare_output, verdict
+
+    rec = parity.reference.read(0)
+    out, base = trt_fp32.run(rec.inputs), ort_fp32.run(rec.inputs)
+    assert out.keys() == base.keys()
+    for name in parity.contract.compared_outputs():
+        m = compare_output(parity.contract, name, out[name], base[name], chunk=0, precision="fp32")
+        assert verdict(m, parity.contract.tolerance(name, "fp32")) != "fail", m

@@ -228,6 +228,36 @@ def parity(request: pytest.FixtureRequest) -> Iterator[ParitySession]:
     s.close()
 
 
+def _backend_or_skip(session: ParitySession, backend_id: str) -> Any:
+    __tracebackhide__ = True
+    spec = parse_backend_spec(backend_id)
+    try:
+        return session.backend(spec)
+    except BackendUnavailable as e:
+        pytest.skip(f"{spec.id}: {e}")
+    except StreamparityError as e:
+        pytest.fail(f"{spec.id} cannot be built: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def trt_fp32(parity: ParitySession) -> Iterator[Any]:
+    """The contract's FP32 TensorRT engine (its optimization profiles, TF32 off), built or loaded from the
+    engine cache once per session; skips with the reason where TensorRT or a GPU is missing."""
+    yield _backend_or_skip(parity, "trt-cuda-fp32")
+
+
+@pytest.fixture(scope="session")
+def trt_fp16(parity: ParitySession) -> Iterator[Any]:
+    """The contract's FP16 TensorRT engine (pinned FP32 layers per the contract), once per session."""
+    yield _backend_or_skip(parity, "trt-cuda-fp16")
+
+
+@pytest.fixture(scope="session")
+def ort_fp32(parity: ParitySession) -> Iterator[Any]:
+    """ONNX Runtime FP32 on CPU: the baseline every runtime is compared with."""
+    yield _backend_or_skip(parity, "ort-cpu-fp32")
+
+
 def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | None) -> str:
     opt = config.option
     args = ["pytest", nodeid]
