@@ -91,8 +91,23 @@ def test_small_weight_drift_fails_a_run_gate(tmp_path, base_model):
     assert ("outputs", "p95") in failed
 
 
-def test_fp16_runtime_not_worse_than_ort_fp32_gate_is_computed():
+def test_baseline_gate_compares_with_ort_at_the_same_precision():
     s = _session()
-    gates = s.gates(parse_backend_spec("ort-cpu-fp16"), CLOSED_LOOP)
-    vs = [g.checks["vs_ort_fp32"] for g in gates if "vs_ort_fp32" in g.checks]
-    assert vs and all(c["ok"] for c in vs)
+    # ONNX Runtime CPU is its own baseline: no self-comparison
+    for prec in ("fp32", "fp16"):
+        gates = s.gates(parse_backend_spec(f"ort-cpu-{prec}"), CLOSED_LOOP)
+        assert not [k for g in gates for k in g.checks if k.startswith("vs_")]
+
+
+def test_runtime_much_worse_than_ort_fails_the_baseline_gate():
+    """A runtime whose caches drift is judged against ORT FP32 on the same ONNX and found 4x+ worse."""
+    from streamparity.backends.ort import OrtBackend
+
+    from .drift_fault import DriftBackend
+
+    s = _session()
+    spec = parse_backend_spec("drift-cpu-fp32")
+    s._backends[spec.id] = DriftBackend(OrtBackend(s.contract, s.onnx), 5e-7)
+    checks = {g.output: g.checks for g in s.gates(spec, CLOSED_LOOP)}
+    vs = checks["outputs"]["vs_ort_cpu_fp32"]
+    assert not vs["ok"] and vs["value"] > vs["limit"] == 4.0 * max(vs["baseline_p95"], vs["floor"])

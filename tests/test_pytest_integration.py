@@ -104,3 +104,41 @@ def test_xdist_gives_the_same_verdicts_as_serial(tmp_path, stuck_len_onnx):
 
 def test_root_is_repository():
     assert (ROOT / "pytest.ini").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--onnx", str(ROOT / "fixtures" / "tiny" / "encoder_config.json")], "not a readable ONNX model"),
+        (["--offline-reference", str(TINY_ONNX)], "not an offline reference .npz"),
+        (["--reference", str(ROOT / "fixtures")], "reference is a directory, not a file"),
+        (["--chunks", "999"], "--chunks 999 selects no chunk of the reference (0..299)"),
+        (["--backend", "trt-cpu-fp32"], "TensorRT runs on cuda only"),
+        (["--backend", "ort-cpu-int8"], "invalid backend 'ort-cpu-int8'"),
+    ],
+    ids=["onnx-not-a-model", "offline-not-npz", "reference-is-dir", "chunks-outside", "trt-on-cpu", "int8"],
+)
+def test_bad_inputs_are_one_usage_error(args, needle):
+    r = run_pytest("-m", "parity", *args, "--collect-only", "-q")
+    out = r.stdout + r.stderr
+    assert r.returncode == 4, out[-2000:]
+    assert needle in out and "Traceback" not in out
+
+
+def test_contract_by_name_in_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STREAMPARITY_CONTRACT": "no-such-contract"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "parity", "--collect-only", "-q"], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert r.returncode == 4 and "$STREAMPARITY_CONTRACT: unknown contract 'no-such-contract'" in r.stderr
+
+
+def test_require_backends_turns_skips_into_failures(tmp_path):
+    if importlib.util.find_spec("tensorrt") is not None and hasattr(__import__("tensorrt"), "Builder"):
+        pytest.skip("TensorRT is installed here")
+    r = run_pytest("-m", "parity and closed_loop", "--backend", "trt-cuda-fp32", "--chunks", "0",
+                   "--require-backends", "--report-dir", str(tmp_path), "-q")
+    assert r.returncode == 1 and "(--require-backends)" in r.stdout

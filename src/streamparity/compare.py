@@ -142,7 +142,11 @@ def verdict(m: Metrics, tol: Tolerance) -> Verdict:
 
 def describe_failure(m: Metrics, tol: Tolerance, *, what: str) -> str:
     """A torch.testing-style message: what, where and how far."""
-    lines = [f"{what}: output {m.output!r}, chunk {m.chunk} is not close"]
+    if m.shape_error or m.nonfinite or m.mismatches:
+        lines = [f"{what}: output {m.output!r}, chunk {m.chunk} is not close"]
+    else:
+        lines = [f"{what}: output {m.output!r}, chunk {m.chunk} is within tolerance but above the warn level "
+                 f"{tol.warn_atol:g}"]
     if m.shape_error:
         lines.append(f"  {m.shape_error}")
         return "\n".join(lines)

@@ -118,6 +118,7 @@ class StabilityGate:
 @dataclass(frozen=True)
 class Gates:
     vs_baseline_factor: float = 4.0
+    vs_baseline_floor: Mapping[str, float] = field(default_factory=dict)
     offline_atol: float | None = None
     offline_warmup_chunks: int = 0
     offline_reason: str = ""
@@ -275,7 +276,9 @@ def validate_document(doc: Any, file: str) -> None:
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         err = errors[0]
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        shown = "; ".join(f"{_json_path(e.absolute_path)}: {e.message}" for e in errors[1:4])
+        more = f" (also {shown})" if shown else ""
+        more += f" (+{len(errors) - 4} more)" if len(errors) > 4 else ""
         raise ContractError(
             f"schema violation at {_json_path(err.absolute_path)}: {err.message}{more}",
             file=file,
@@ -360,6 +363,7 @@ def parse_contract(doc: Any, path: Path) -> Contract:
     g = doc.get("gates", {})
     gates = Gates(
         vs_baseline_factor=g.get("vs_baseline_factor", 4.0),
+        vs_baseline_floor=dict(g.get("vs_baseline_floor", {})),
         offline_atol=g.get("offline_atol"),
         offline_warmup_chunks=g.get("offline_warmup_chunks", 0),
         offline_reason=g.get("offline_reason", ""),

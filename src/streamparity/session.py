@@ -17,7 +17,7 @@ from .backends.registry import BackendSpec, create_backend, parse_backend_spec
 from .compare import percentile
 from .contract import ROLE_ENCODED, Contract, load_contract
 from .drivers import CLOSED_LOOP, FUNCTIONAL, RunResult, run_closed_loop, run_functional
-from .errors import BackendUnavailable, ReferenceInvalid, StreamparityError
+from .errors import BackendUnavailable, ModelMismatch, ReferenceInvalid, StreamparityError
 from .reference import ReferenceFile
 from .reference_checks import ReferenceReport, check_reference
 from .selection import ChunkSelection
@@ -51,6 +51,55 @@ class GateResult:
         return [k for k, v in self.checks.items() if not v["ok"]]
 
 
+def _require_file(path: Path, what: str, field: str) -> None:
+    if path.is_dir():
+        raise StreamparityError(f"{what} is a directory, not a file", file=str(path), field=field)
+    if not path.is_file():
+        raise StreamparityError(f"{what} not found", file=str(path), field=field)
+
+
+def check_onnx_file(contract: Contract, path: Path) -> None:
+    """The file must be an ONNX model whose I/O agrees with the contract (weights are not loaded)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelMismatch(f"not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                            file=str(path)) from None
+    if not model.graph.input and not model.graph.output:
+        raise ModelMismatch("not an ONNX model (the graph has no inputs or outputs)", file=str(path))
+
+    class _Node:
+        def __init__(self, vi: Any) -> None:
+            t = vi.type.tensor_type
+            self.name = vi.name
+            self.type = f"tensor({_ONNX_ELEM.get(t.elem_type, str(t.elem_type))})"
+            self.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+    inits = {i.name for i in model.graph.initializer}
+    from .backends.ort import check_model_io
+
+    check_model_io(contract, path, [_Node(v) for v in model.graph.input if v.name not in inits],
+                   [_Node(v) for v in model.graph.output])
+
+
+_ONNX_ELEM = {1: "float", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "double"}
+
+
+def load_offline(path: Path) -> None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "encoded" not in z.files:
+                raise StreamparityError("offline reference has no 'encoded' array", file=str(path),
+                                        field="encoded")
+    except StreamparityError:
+        raise
+    except Exception as e:
+        raise StreamparityError(f"not an offline reference .npz ({type(e).__name__})", file=str(path),
+                                field="model.offline_reference") from None
+
+
 class ParitySession:
     def __init__(self, cfg: SessionConfig) -> None:
         self.cfg = cfg
@@ -63,13 +112,19 @@ class ParitySession:
         if ref is None:
             raise StreamparityError("no reference: pass --reference or set model.reference in the contract",
                                     file=str(cfg.contract), field="model.reference")
-        if not onnx.is_file():
-            raise StreamparityError("ONNX model not found", file=str(onnx))
+        _require_file(onnx, "ONNX model", "model.onnx")
+        check_onnx_file(self.contract, onnx)
         self.onnx = onnx
+        _require_file(ref, "reference", "model.reference")
         self.reference = ReferenceFile(ref)
         self.offline = cfg.offline or (self.contract.resolve("offline_reference") if cfg.reference is None else None)
-        if self.offline is not None and not self.offline.is_file():
-            raise StreamparityError("offline reference not found", file=str(self.offline))
+        if self.offline is not None:
+            _require_file(self.offline, "offline reference", "model.offline_reference")
+            load_offline(self.offline)
+        if cfg.chunks is not None and not cfg.chunks.filter(self.reference.chunk_ids):
+            ids = self.reference.chunk_ids
+            raise StreamparityError(f"--chunks {cfg.chunks.text} selects no chunk of the reference "
+                                    f"({ids[0]}..{ids[-1]})", file=str(self.reference.path), field="--chunks")
         self._backends: dict[str, Backend | BackendUnavailable | StreamparityError] = {}
         self._runs: dict[tuple[str, str], RunResult] = {}
         self._ref_report: ReferenceReport | None = None
@@ -128,10 +183,12 @@ class ParitySession:
         run = self.run(spec, mode)
         selected = set(self.functional_chunks() if mode == FUNCTIONAL else self.closed_loop_chunks())
         chunks = [c for c in run.chunks if c.chunk in selected]
+        # the baseline is ONNX Runtime on CPU at the candidate's precision (FP16 runtimes are not held to FP32)
+        baseline = BackendSpec("ort", "cpu", spec.precision)
         base: RunResult | None = None
-        if spec.id != BASELINE.id:
+        if spec.id != baseline.id:
             try:
-                base = self.run(BASELINE, mode)
+                base = self.run(baseline, mode)
             except (BackendUnavailable, StreamparityError):
                 base = None
         out: list[GateResult] = []
@@ -156,9 +213,10 @@ class ParitySession:
                 bsel = [c.metrics[name].max_abs for c in base.chunks if c.chunk in selected and name in c.metrics]
                 if bsel:
                     bp95 = percentile(bsel, 95)
-                    floor = tol.warn_atol if tol.warn_atol is not None else tol.atol
+                    floor = self.contract.gates.vs_baseline_floor.get(spec.precision, 0.0)
                     limit = self.contract.gates.vs_baseline_factor * max(bp95, floor)
-                    checks["vs_ort_fp32"] = {"value": p95, "baseline_p95": bp95, "limit": limit, "ok": p95 <= limit}
+                    checks[f"vs_{baseline.id.replace('-', '_')}"] = {
+                        "value": p95, "baseline_p95": bp95, "floor": floor, "limit": limit, "ok": p95 <= limit}
             out.append(GateResult(spec.id, mode, name, checks))
         return out
 

@@ -97,7 +97,11 @@ class OrtBackend(Backend):
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         self.model_path = model
-        self.session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for unreadable or invalid models
+            raise ModelMismatch(f"ONNX Runtime cannot load the model ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:300]})", file=str(model)) from None
         check_model_io(contract, onnx_path, self.session.get_inputs(), self.session.get_outputs())
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._pool: BufferPool[Any] | None = None

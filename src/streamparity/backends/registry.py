@@ -13,7 +13,7 @@ from ..contract import Contract
 from ..errors import BackendUnavailable
 from .base import Backend
 
-_SPEC = re.compile(r"^(?P<kind>[a-z]+)-(?P<device>cpu|cuda)-(?P<precision>fp32|fp16|int8)$")
+_SPEC = re.compile(r"^(?P<kind>[a-z]+)-(?P<device>cpu|cuda)-(?P<precision>fp32|fp16)$")
 _SHORT = {"trt-fp32": "trt-cuda-fp32", "trt-fp16": "trt-cuda-fp16", "ort-fp32": "ort-cpu-fp32",
           "ort-fp16": "ort-cpu-fp16"}
 
@@ -71,7 +71,10 @@ def parse_backend_spec(text: str) -> BackendSpec:
     if not m or m.group("kind") not in FACTORIES:
         raise argparse.ArgumentTypeError(
             f"invalid backend {text!r}: expected KIND-DEVICE-PRECISION with KIND in {available_kinds()}, "
-            "DEVICE cpu|cuda, PRECISION fp32|fp16|int8 (e.g. ort-cpu-fp32, trt-cuda-fp16)")
+            "DEVICE cpu|cuda, PRECISION fp32|fp16 (e.g. ort-cpu-fp32, trt-cuda-fp16)")
+    if m.group("kind") == "trt" and m.group("device") != "cuda":
+        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: TensorRT runs on cuda only (trt-cuda-fp32, "
+                                         "trt-cuda-fp16)")
     return BackendSpec(m.group("kind"), m.group("device"), m.group("precision"))
 
 

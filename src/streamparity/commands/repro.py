@@ -127,5 +127,9 @@ def run(args: argparse.Namespace) -> int:
                 diffs.append(f"{name} {float(np.max(np.abs(np.asarray(got[name], np.float64) - a))):.3g}")
         if diffs:
             print("rerun vs recorded actual outputs, max abs: " + ", ".join(diffs))
+    if meta.get("mode") == "closed_loop":
+        print("note: a closed-loop bundle feeds the caches that the failing runtime produced itself up to this "
+              "chunk; a fixed model can still fail here. To confirm a fix, rerun the closed loop from chunk 0 "
+              "with the bundle's `repro: pytest ...` line.")
     print(f"verdict: {res.verdict}")
     return 1 if res.verdict == "fail" else 0
