@@ -72,7 +72,8 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
                     if g in groups:
                         groups[g][name] = z[key]
     except (OSError, ValueError, KeyError) as e:
-        raise StreamparityError(f"not a streamparity bundle ({e})", file=str(path)) from None
+        raise StreamparityError("not a streamparity bundle (an .npz written by a failing parity test; "
+                                f"{type(e).__name__})", file=str(path)) from None
     if meta.get("version") != BUNDLE_VERSION:
         raise StreamparityError(f"bundle version {meta.get('version')} is not {BUNDLE_VERSION}", file=str(path),
                                 field="version")

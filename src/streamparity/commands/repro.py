@@ -48,7 +48,8 @@ def load_bundle(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
     try:
         return read_bundle(path)
     except (zipfile.BadZipFile, EOFError, UnicodeDecodeError) as e:
-        raise StreamparityError(f"not a streamparity bundle ({type(e).__name__}: {e})", file=str(path)) from None
+        raise StreamparityError("not a streamparity bundle (an .npz written by a failing parity test; "
+                                f"{type(e).__name__})", file=str(path)) from None
 
 
 def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
