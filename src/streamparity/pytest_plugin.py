@@ -507,6 +507,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"{env['cpu_count']}",
     ]
     lines.append("tensorrt: " + _tensorrt_status())
+    session = config.stash.get(SESSION_KEY, None)
+    if isinstance(session, ParitySession):
+        ids = session.reference.chunk_ids
+        lines.append(f"reference: {session.reference.path} ({len(ids)} chunks, {ids[0]}..{ids[-1]}; functional: "
+                     f"{len(session.functional_chunks())} selected, closed loop: "
+                     f"{len(session.closed_loop_chunks())} selected)")
+        if cfg.chunks is not None:
+            outside = [f"{lo}-{hi}" for lo, hi in cfg.chunks.ranges if lo < ids[0] or hi > ids[-1]]
+            if outside:
+                lines.append(f"WARNING: --chunks {cfg.chunks.text} reaches outside the reference "
+                             f"({ids[0]}..{ids[-1]}): {', '.join(outside)} clipped")
     return lines
 
 
