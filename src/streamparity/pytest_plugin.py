@@ -11,7 +11,7 @@ import os
 import shlex
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from . import __version__
 from .backends.registry import BackendSpec, parse_backend_spec
 from .devices import environment
-from .drivers import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult
+from .drivers import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult, RunResult
 from .errors import BackendUnavailable, StreamparityError
 from .report import SummaryCollector
 from .selection import parse_chunks
@@ -313,16 +313,8 @@ def _record(request: pytest.FixtureRequest, payload: dict[str, Any]) -> None:
 def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str, chunk: int) -> None:
     """Body of every per-chunk parity test."""
     __tracebackhide__ = True
-    problem = _reference_problem(session)
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    run, unavailable, broken = _get_run(session, spec, mode)
-    if unavailable is not None:
-        _record(request, {"kind": "chunk", "backend": spec.id, "mode": mode, "chunk": chunk, "verdict": "skip",
-                          "reason": unavailable})
-        _skip_or_fail(request.config, f"{spec.id}: {unavailable}")
-    if run is None:
-        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
+    run = _run_or_verdict(request, session, spec, mode, lambda why: _record(request, {
+        "kind": "chunk", "backend": spec.id, "mode": mode, "chunk": chunk, "verdict": "skip", "reason": why}))
     res = run.by_chunk().get(chunk)
     if res is None:
         pytest.fail(f"{spec.id} {mode}: chunk {chunk} was not run", pytrace=False)
@@ -340,6 +332,25 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
     # warn verdicts are counted in the summary and reported once per run by the gate test
 
 
+def _run_or_verdict(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str,
+                    on_unavailable: Callable[[str], None] | None) -> RunResult:
+    """The backend's run in this mode, or the test's verdict: fail on a rejected reference or a backend
+    that cannot run, skip (or fail, with --require-backends) where the backend is unavailable here.
+    Errors become verdicts outside except blocks: no chained "During handling ..." tracebacks."""
+    __tracebackhide__ = True
+    problem = _reference_problem(session)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    run, unavailable, broken = _get_run(session, spec, mode)
+    if unavailable is not None:
+        if on_unavailable is not None:
+            on_unavailable(unavailable)
+        _skip_or_fail(request.config, f"{spec.id}: {unavailable}")
+    if run is None:
+        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
+    return run
+
+
 def _reference_problem(session: ParitySession) -> str | None:
     rep = session.reference_report()
     if rep.ok:
@@ -349,7 +360,7 @@ def _reference_problem(session: ParitySession) -> str | None:
             f"see test_reference_is_sane): {first}")
 
 
-def _get_run(session: ParitySession, spec: BackendSpec, mode: str) -> tuple[Any, str | None, str | None]:
+def _get_run(session: ParitySession, spec: BackendSpec, mode: str) -> tuple[RunResult | None, str | None, str | None]:
     try:
         return session.run(spec, mode), None, None
     except BackendUnavailable as e:
@@ -372,17 +383,9 @@ def _record_stability(request: pytest.FixtureRequest, payload: dict[str, Any]) -
 
 def judge_stability(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec) -> None:
     __tracebackhide__ = True
-    # errors become verdicts outside the except blocks: no chained "During handling ..." tracebacks
-    problem = _reference_problem(session)
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    run, unavailable, broken = _get_run(session, spec, CLOSED_LOOP)
-    if unavailable is not None:
-        _record_stability(request, {"kind": "stability", "backend": spec.id, "mode": CLOSED_LOOP,
-                                    "verdict": "skip", "reason": unavailable, "outputs": {}})
-        _skip_or_fail(request.config, f"{spec.id}: {unavailable}")
-    if run is None:
-        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
+    run = _run_or_verdict(request, session, spec, CLOSED_LOOP, lambda why: _record_stability(request, {
+        "kind": "stability", "backend": spec.id, "mode": CLOSED_LOOP, "verdict": "skip", "reason": why,
+        "outputs": {}}))
     gate = session.contract.gates.stability
     selected = set(session.closed_loop_chunks())
     chunks = [c for c in run.chunks if c.chunk in selected]
@@ -458,14 +461,7 @@ def failure_message(session: ParitySession, res: ChunkResult) -> str:
 
 def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str) -> None:
     __tracebackhide__ = True
-    problem = _reference_problem(session)
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    run, unavailable, broken = _get_run(session, spec, mode)
-    if unavailable is not None:
-        _skip_or_fail(request.config, f"{spec.id}: {unavailable}")
-    if run is None:
-        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
+    run = _run_or_verdict(request, session, spec, mode, None)
     selected = session.functional_chunks() if mode == FUNCTIONAL else session.closed_loop_chunks()
     if not selected:
         pytest.skip(_no_chunks_reason(session, mode))
