@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from streamparity.pytest_plugin import PATH_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONTRACT = ROOT / "contracts" / "tiny-parakeet.contract.json"
 TINY_ONNX = ROOT / "fixtures" / "tiny" / "encoder.onnx"
 TINY_REFERENCE = ROOT / "fixtures" / "tiny" / "reference.jsonl"
-
-
-PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir")
 
 
 def join_path_options(args: tuple[str, ...] | list[str]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
                     g, name = key.split("/", 1)
                     if g in groups:
                         groups[g][name] = z[key]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # UnicodeDecodeError is a ValueError
         raise StreamparityError("not a streamparity bundle (an .npz written by a failing parity test; "
                                 f"{type(e).__name__})", file=str(path)) from None
     if meta.get("version") != BUNDLE_VERSION:

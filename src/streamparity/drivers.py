@@ -170,13 +170,13 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
         ids = [k for k in ids if k <= upto]
     audio_name = contract.input_by_role(ROLE_AUDIO).name
     length_name = contract.input_by_role(ROLE_LENGTH).name
-    first = ref.read(ids[0])
+    first, last = ref.read(ids[0]), ids[-1]
     stream = backend.open_stream(initial_state(contract, first), fetch_caches=True)
     results: list[ChunkResult] = []
     broken: str | None = None
     try:
         for pos, rec in enumerate(ref):
-            if rec.chunk not in ids:
+            if rec.chunk > last:  # chunks are consecutive (the index enforces it)
                 break
             if broken:
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
@@ -194,11 +194,8 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             ms = (time.perf_counter() - ts) * 1e3
             if on_step:
                 on_step(rec.chunk, ms)
-            cache_len_in = getattr(stream, "last_cache_len_in", None)
-            if cache_len_in is None:
-                cache_len_in = snapshot.get(contract.input_by_role(ROLE_CACHE_LEN).name, np.zeros(1, np.int64))
             r = judge_chunk(contract, rec, out, mode=CLOSED_LOOP, backend=backend.id, precision=backend.precision,
-                            cache_len_in=cache_len_in, stream_position=pos, inputs=None)
+                            cache_len_in=stream.last_cache_len_in, stream_position=pos, inputs=None)
             r.step_ms = ms
             if keep_bundles and r.verdict == "fail":
                 feeds = dict(snapshot)

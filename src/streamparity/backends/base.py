@@ -14,6 +14,9 @@ from ..contract import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_LEN, ROLE_CACH
 class Stream(abc.ABC):
     """A closed-loop stream: the backend's own caches are fed back from chunk to chunk."""
 
+    last_cache_len_in: np.ndarray
+    """The cache length fed to the last step (host copy): what the contract's progression is judged on."""
+
     @abc.abstractmethod
     def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
         """Run one chunk; return the outputs to compare (host arrays), caches included if fetched."""

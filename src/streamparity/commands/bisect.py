@@ -62,9 +62,9 @@ def _feeds(args: argparse.Namespace) -> tuple[Path, Path | None, BackendSpec | N
                                               int | None, str]:
     """(contract, candidate onnx, backend, inputs, chunk, source file)."""
     if args.bundle is not None:
-        from .repro import load_bundle
+        from ..bundles import read_bundle
 
-        meta, inputs, _, _ = load_bundle(args.bundle)
+        meta, inputs, _, _ = read_bundle(args.bundle)
         contract = args.contract or Path(str(meta.get("contract", "")))
         onnx = Path(str(meta["onnx"])) if "onnx" in meta else None
         spec = parse_backend_spec(str(meta["backend"])) if "backend" in meta else None

@@ -40,22 +40,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def load_bundle(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray],
-                                     dict[str, np.ndarray]]:
-    """read_bundle, with every way a file can fail to be a bundle reported as one error naming it."""
-    import zipfile
-
-    try:
-        return read_bundle(path)
-    except (zipfile.BadZipFile, EOFError, UnicodeDecodeError) as e:
-        raise StreamparityError("not a streamparity bundle (an .npz written by a failing parity test; "
-                                f"{type(e).__name__})", file=str(path)) from None
-
-
 def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
                    ) -> tuple[dict[str, Any], Contract, Path, dict[str, np.ndarray], dict[str, np.ndarray],
                               dict[str, np.ndarray]]:
-    meta, inputs, expected, actual = load_bundle(path)
+    meta, inputs, expected, actual = read_bundle(path)
     file = str(path)
     for key in ("contract", "onnx", "backend", "chunk", "mode"):
         if key not in meta:
@@ -73,11 +61,6 @@ def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
         raise StreamparityError(f"bundle lacks inputs {', '.join(missing)}", file=file, chunk=int(meta["chunk"]),
                                 field="input")
     return meta, contract, onnx, inputs, expected, actual
-
-
-def comparison_lines(contract: Contract, res: ChunkResult) -> list[str]:
-    """The same lines as the pytest failure message."""
-    return res.describe(contract)
 
 
 def rerun(contract: Contract, onnx: Path, spec: BackendSpec, meta: dict[str, Any], inputs: dict[str, np.ndarray],
@@ -113,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
           f"{meta['backend']}; rerunning on {spec.id} with {onnx}")
     with tempfile.TemporaryDirectory(prefix="streamparity-repro-") as tmp:
         res = rerun(contract, onnx, spec, meta, inputs, expected, args.engine_dir or Path(tmp))
-    for line in comparison_lines(contract, res):
+    for line in res.describe(contract):  # the same lines as the pytest failure message
         print(line)
     recorded = meta.get("verdicts", {})
     if recorded:
