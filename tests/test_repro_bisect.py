@@ -41,9 +41,10 @@ def _repro_commands(out: str) -> dict[tuple[str, int], list[str]]:
 
 
 def _block(out: str, head: str) -> list[str]:
-    """Lines of the comparison that start with `head`, with their indented detail lines."""
+    """Lines of the comparison that start with `head`, with their indented detail lines, from the failure
+    sections only: pytest's short summary repeats whole messages when `CI` is set, and is not the report."""
     lines, keep = [], False
-    for line in out.splitlines():
+    for line in out.split("short test summary info", 1)[0].splitlines():
         if line.startswith("["):
             keep = line.startswith(head)
         elif not line.startswith("  "):
