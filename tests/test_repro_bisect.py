@@ -8,9 +8,10 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.conftest import TINY_ONNX, run_cli, run_pytest
+from tests.conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli, run_pytest
 
 BROKEN_NODE = "/layers.1/feed_forward1/linear2/MatMul"
 BROKEN_TENSOR = "/layers.1/feed_forward1/linear2/MatMul_output_0"
@@ -105,6 +106,52 @@ def test_bisect_from_a_reference_chunk(broken_run: tuple[Path, str], tmp_path: P
     assert r.returncode == 1 and f"first divergent tensor: {BROKEN_TENSOR}" in r.stdout
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["first"]["name"] == BROKEN_TENSOR and doc["chunk"] == 5
+
+
+def test_bisect_marking_only_float_tensors_still_names_the_broken_tensor(broken_run: tuple[Path, str]) -> None:
+    """The TensorRT path of bisect marks floating-point tensors only (integer shape tensors live on the host
+    in TensorRT); here it runs through ONNX Runtime, which returns every output it is given."""
+    from streamparity import bisect as bs
+    from streamparity.backends.ort import OrtBackend
+    from streamparity.contract import load_contract
+    from streamparity.reference import ReferenceFile
+
+    onnx, _ = broken_run
+    contract = load_contract(TINY_CONTRACT)
+    path, order, unmarked = bs.instrument(onnx, float_only=True)
+    try:
+        import onnx as onnx_lib
+
+        marked = {o.name for o in onnx_lib.load(str(path)).graph.output} - set(contract.output_names)
+        assert marked and unmarked and not marked & unmarked
+        assert marked | unmarked == {t for t, _, _ in order} - set(contract.output_names)
+        assert any("Shape" in t for t in unmarked) and BROKEN_TENSOR in marked
+    finally:
+        path.unlink()
+
+    def run(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return OrtBackend(contract, model).run_all_outputs(feeds)
+
+    feeds = bs.check_feeds(ReferenceFile(TINY_REFERENCE).read(3).inputs, contract.input_names, "ref")
+    res = bs.bisect(onnx, TINY_ONNX, feeds, run_candidate=run, run_baseline=run, atol=1e-4, rtol=1e-4,
+                    candidate="ort-cpu-fp32", chunk=3, graph_outputs=contract.output_names, float_only=True)
+    assert res.first is not None and res.first.name == BROKEN_TENSOR
+    assert res.skipped.get(bs.NOT_FLOAT) == len(unmarked)
+
+
+def test_bisect_on_tensorrt_without_tensorrt_says_what_is_missing(broken_run: tuple[Path, str]) -> None:
+    onnx, _ = broken_run
+    r = run_cli("bisect", "--chunk", "3", "--onnx", str(onnx), "--backend", "trt-cuda-fp16")
+    try:
+        import tensorrt
+
+        if hasattr(tensorrt, "Builder"):
+            pytest.skip("TensorRT is installed: tests/test_trt_backend.py bisects on it")
+    except ImportError:
+        pass
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "streamparity bisect: error: tensorrt is not installed" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
 
 
 def test_bisect_clean_model_finds_nothing() -> None:

@@ -207,3 +207,18 @@ def test_session_engine_fixtures_skip_with_reason_or_run(parity, trt_fp32, ort_f
     for name in parity.contract.compared_outputs():
         m = compare_output(parity.contract, name, out[name], base[name], chunk=0, precision="fp32")
         assert verdict(m, parity.contract.tolerance(name, "fp32")) != "fail", m
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_bisect_on_tensorrt_names_the_broken_tensor(trt_ready: None, tmp_path: Path) -> None:
+    """`streamparity bisect --backend trt-...`: an engine of the instrumented model returns every marked tensor."""
+    from streamparity import onnx_faults
+    from tests.conftest import TINY_ONNX, run_cli
+
+    node = "/layers.1/feed_forward1/linear2/MatMul"
+    broken = onnx_faults.save(onnx_faults.break_node(onnx_faults.load(TINY_ONNX), node, 1.5), tmp_path / "b.onnx")
+    r = run_cli("bisect", "--chunk", "3", "--onnx", str(broken), "--backend", "trt-cuda-fp32")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"first divergent tensor: {node}_output_0\n" in r.stdout
+    assert "not floating point (left unmarked)" in r.stdout and "WARNING: marking intermediate" in r.stdout

@@ -90,9 +90,30 @@ def topo_tensors(model: Any) -> list[tuple[str, str, str]]:
     return out
 
 
-def instrument(onnx_path: Path, *, only: str | None = None) -> tuple[Path, list[tuple[str, str, str]]]:
+FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+NOT_FLOAT = "not floating point (left unmarked)"
+
+
+def float_tensors(model: Any) -> set[str]:
+    """Names of the tensors that ONNX shape inference types as floating point (external data not needed)."""
+    onnx = _onnx()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as e:  # inference is best effort: an unknown type means "not marked"
+        raise ModelMismatch(f"ONNX shape inference failed ({type(e).__name__}: {e}), so tensor types are unknown; "
+                            "pass --only REGEX to choose the tensors to mark", field="graph") from None
+    g = inferred.graph
+    return {v.name for v in (*g.value_info, *g.output, *g.input)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type in FLOAT_TYPES}
+
+
+def instrument(onnx_path: Path, *, only: str | None = None,
+               float_only: bool = False) -> tuple[Path, list[tuple[str, str, str]], set[str]]:
     """A copy of the model with every intermediate tensor (matching `only`, a regex) marked as an output.
 
+    With `float_only`, only tensors typed floating point by shape inference are marked: TensorRT keeps
+    integer shape computations on the host as shape tensors, which cannot be bound as device outputs.
+    Returns (copy, every node output in topological order, the tensors left unmarked for their type).
     External weight files are kept where they are: the copy is written beside the original so that
     its relative external-data references still resolve, and removed by the caller.
     """
@@ -108,6 +129,14 @@ def instrument(onnx_path: Path, *, only: str | None = None) -> tuple[Path, list[
     existing = {o.name for o in model.graph.output}
     pat = re.compile(only) if only else None
     marked = [t for t in tensors if t[0] not in existing and (pat is None or pat.search(t[0]) or pat.search(t[1]))]
+    unmarked: set[str] = set()
+    if float_only:
+        try:
+            floats = float_tensors(model)
+        except ModelMismatch as e:
+            raise ModelMismatch(e.message, file=str(onnx_path), field=e.field) from None
+        unmarked = {t[0] for t in marked if t[0] not in floats}
+        marked = [t for t in marked if t[0] in floats]
     for name, _, _ in marked:
         vi = onnx.ValueInfoProto()
         vi.name = name
@@ -115,7 +144,7 @@ def instrument(onnx_path: Path, *, only: str | None = None) -> tuple[Path, list[
     fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.stem}.bisect-", suffix=".onnx", dir=onnx_path.parent)
     os.close(fd)
     onnx.save(model, tmp)
-    return Path(tmp), tensors
+    return Path(tmp), tensors, unmarked
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
@@ -165,16 +194,19 @@ def bisect(
     chunk: int | None = None,
     only: str | None = None,
     graph_outputs: tuple[str, ...] = (),
+    float_only: bool = False,
 ) -> BisectResult:
-    """Run both instrumented models on `feeds` and compare every common tensor in topological order."""
+    """Run both instrumented models on `feeds` and compare every common tensor in topological order.
+
+    `float_only` marks only floating-point tensors in the candidate (TensorRT, see :func:`instrument`)."""
     made: list[Path] = []
     try:
-        cand_path, order = instrument(candidate_onnx, only=only)
+        cand_path, order, unmarked = instrument(candidate_onnx, only=only, float_only=float_only)
         made.append(cand_path)
-        if baseline_onnx.resolve() == candidate_onnx.resolve():
+        if baseline_onnx.resolve() == candidate_onnx.resolve() and not float_only:
             base_path = cand_path
         else:
-            base_path, _ = instrument(baseline_onnx, only=only)
+            base_path, _, _ = instrument(baseline_onnx, only=only)
             made.append(base_path)
         cand_out = run_candidate(cand_path, feeds)
         base_out = run_baseline(base_path, feeds)
@@ -188,6 +220,9 @@ def bisect(
                        marked=len(order))
     skipped: dict[str, int] = {}
     for i, (name, node, op) in enumerate(order):
+        if name in unmarked and name not in cand_out:
+            skipped[NOT_FLOAT] = skipped.get(NOT_FLOAT, 0) + 1
+            continue
         if name not in cand_out:
             skipped["not produced by the candidate"] = skipped.get("not produced by the candidate", 0) + 1
             continue

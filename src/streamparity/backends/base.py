@@ -52,6 +52,12 @@ class Backend(abc.ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One stateless call: all inputs in (host), all outputs out (host)."""
 
+    def run_all_outputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call returning every output of the loaded model, not only the contract's: what bisection
+        needs from a model whose intermediate tensors were marked as outputs.  Backends whose
+        :meth:`run` already returns every model output (ONNX Runtime) need not override it."""
+        return self.run(feeds)
+
     def open_stream(self, initial: Mapping[str, np.ndarray], *, fetch_caches: bool = True) -> Stream:
         """A closed-loop stream starting from `initial` caches. GPU backends keep caches on the device."""
         return HostStream(self, initial, fetch_caches=fetch_caches)

@@ -142,8 +142,12 @@ def pad_left_on_device(ops: DeviceOps[B], dst: B, dst_shape: Shape, src: B, src_
 
 
 def run_once(contract: Contract, ops: DeviceOps[B], runner: DeviceRunner[B], pool: BufferPool[B],
-             feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One stateless call through device buffers: every input up, every output down."""
+             feeds: Mapping[str, np.ndarray], *,
+             out_dtypes: Mapping[str, np.dtype[Any]] | None = None) -> dict[str, np.ndarray]:
+    """One stateless call through device buffers: every input up, every output down.
+
+    `out_dtypes` gives the dtype of every output the runner may write (default: the contract's outputs).
+    """
     inputs: dict[str, DeviceTensor[B]] = {}
     for spec in contract.inputs:
         if spec.name not in feeds:
@@ -152,7 +156,7 @@ def run_once(contract: Contract, ops: DeviceOps[B], runner: DeviceRunner[B], poo
         buf = pool.get("in:" + spec.name, a.nbytes)
         ops.h2d(buf, a)
         inputs[spec.name] = DeviceTensor(buf, tuple(a.shape), a.dtype)
-    dtypes = {o.name: np.dtype(o.dtype) for o in contract.outputs}
+    dtypes = dict(out_dtypes) if out_dtypes is not None else {o.name: np.dtype(o.dtype) for o in contract.outputs}
     where: dict[str, B] = {}
 
     def bind(name: str, shape: Shape) -> B:

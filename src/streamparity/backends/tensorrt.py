@@ -342,8 +342,9 @@ def choose_profile(ranges: Sequence[Mapping[str, tuple[Shape, Shape, Shape]]], s
 class TrtRunner:
     """:class:`~streamparity.backends.device_loop.DeviceRunner` over one execution context."""
 
-    def __init__(self, backend: TrtBackend) -> None:
+    def __init__(self, backend: TrtBackend, outputs: Sequence[str] | None = None) -> None:
         self.b = backend
+        self.outputs = list(backend.output_names if outputs is None else outputs)
         self.active = -1
 
     def execute(self, inputs: Mapping[str, DeviceTensor[int]], bind_output: BindOutput) -> dict[str, Shape]:
@@ -363,7 +364,7 @@ class TrtRunner:
                                  f"{b.profile_names[p]!r} allows {list(lo)}..{list(hi)})")
             ctx.set_tensor_address(name, t.buf)
         out: dict[str, Shape] = {}
-        for name in b.output_names:
+        for name in self.outputs:
             shape = dims(ctx.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise RuntimeError(f"output {name!r} has a data-dependent shape {list(shape)}; not supported")
@@ -480,6 +481,27 @@ class TrtBackend(Backend):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return run_once(self.contract, self.ops, self.runner, self.pool, feeds)
+
+    def engine_outputs(self) -> dict[str, np.dtype[Any]]:
+        """Every output tensor of the engine with its dtype, in engine order."""
+        e = self.engine
+        names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
+        return {n: numpy_dtype(e.get_tensor_dtype(n)) for n in names
+                if e.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT}
+
+    def run_all_outputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every engine output, the marked intermediates of an instrumented ONNX included (for bisection).
+
+        Buffers for the extra outputs come from the same pool (allocated on first use, reused after).
+        Shape-tensor outputs live in host memory in TensorRT and are refused with their names: mark
+        only floating-point tensors (what ``streamparity bisect`` does for TensorRT)."""
+        outputs = self.engine_outputs()
+        host = [n for n in outputs if self.engine.is_shape_inference_io(n)]
+        if host:
+            raise ModelMismatch(f"engine outputs {', '.join(host[:5])} are shape tensors (host memory in TensorRT); "
+                                "do not mark them as outputs", file=str(self.onnx))
+        return run_once(self.contract, self.ops, TrtRunner(self, list(outputs)), self.pool, feeds,
+                        out_dtypes=outputs)
 
     def open_stream(self, initial: Mapping[str, np.ndarray], *, fetch_caches: bool = True) -> Stream:
         return DeviceLoopStream(self.contract, self.ops, self.runner, self.pool, initial, fetch_caches=fetch_caches)

@@ -95,7 +95,7 @@ def _runner(spec: BackendSpec, contract_path: Path, engine_dir: Path, original: 
             raise ModelMismatch(f"{spec.id} cannot load the model ({type(e).__name__}: {e})".replace(str(model),
                                 str(original)), file=str(original)) from None
         try:
-            return backend.run(feeds)
+            return backend.run_all_outputs(feeds)
         finally:
             backend.close()
 
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         res = bisect(candidate, baseline, feeds, run_candidate=_runner(spec, contract_path, Path(tmp), candidate),
                      run_baseline=_runner(base_spec, contract_path, Path(tmp), baseline), atol=atol, rtol=rtol,
                      candidate=spec.id, baseline=base_spec.id, chunk=chunk, only=args.only,
-                     graph_outputs=contract.output_names)
+                     graph_outputs=contract.output_names, float_only=spec.kind == "trt")
     for line in report_lines(res, context=args.context, trt=spec.kind == "trt"):
         print(line)
     if args.json is not None:
