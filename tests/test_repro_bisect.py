@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli, run_pytest
+from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli, run_pytest
 
 BROKEN_NODE = "/layers.1/feed_forward1/linear2/MatMul"
 BROKEN_TENSOR = "/layers.1/feed_forward1/linear2/MatMul_output_0"
@@ -62,6 +62,24 @@ def test_failing_chunks_print_repro_lines(broken_run: tuple[Path, str]) -> None:
     assert sorted(c for m, c in cmds if m == "functional") == [0, 1, 2, 3]
     assert "repro: pytest " in out and "--chunks=2" in out
     assert "Traceback" not in out
+
+
+def test_pytest_repro_line_works_from_the_directory_pytest_ran_in(broken_run: tuple[Path, str],
+                                                                   tmp_path: Path) -> None:
+    """Started from tests/ with --report-dir and --fail-on-warn: the printed line reruns that one case there."""
+    onnx, _ = broken_run
+    here = ROOT / "tests"
+    r = run_pytest("-m", "parity", "parity/test_parity.py", "--onnx", str(onnx), "--backend", "ort-cpu-fp32",
+                   "--chunks", "1-2", "--report-dir", str(tmp_path / "r1"), "--fail-on-warn", "-p", "no:xdist", "-q",
+                   cwd=here)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("repro: pytest ") and "chunk002" in x)
+    argv = shlex.split(line[len("repro: "):])
+    assert argv[1].startswith("parity/test_parity.py::test_")
+    assert f"--report-dir={tmp_path / 'r1'}" in argv and "--fail-on-warn" in argv and "--chunks=2" in argv
+    again = run_pytest(*argv[1:], "-q", cwd=here)
+    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("FAILED ") == 1 and "1 failed" in again.stdout, again.stdout[-2000:]
 
 
 @pytest.mark.parametrize("mode", ["functional", "closed_loop"])

@@ -288,15 +288,23 @@ def ort_fp32(parity: ParitySession) -> Iterator[Any]:
 
 
 def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | None) -> str:
+    """A pytest command line that reruns just this case from the directory pytest was started in: the node
+    id made relative to that directory, every option that changes what is judged or where it goes."""
     opt = config.option
-    args = ["pytest", nodeid]
+    path, sep, rest = nodeid.partition("::")
+    here = Path(str(config.invocation_params.dir))
+    test_file = os.path.relpath(Path(str(config.rootpath)) / path, here)
+    args = ["pytest", test_file + sep + rest]
     for flag, val in (("--contract", opt.contract), ("--onnx", opt.onnx), ("--reference", opt.reference),
-                      ("--offline-reference", opt.offline_reference)):
+                      ("--offline-reference", opt.offline_reference), ("--report-dir", opt.report_dir),
+                      ("--engine-dir", opt.engine_dir)):
         if val is not None:
             args.append(f"{flag}={val}")  # '=': a bare existing path would move pytest's rootdir
     args.append(f"--backend={spec.id}")
     if chunk is not None:
         args.append(f"--chunks={chunk}")
+    if opt.fail_on_warn:
+        args.append("--fail-on-warn")
     args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
     return "repro: " + shlex.join(args)
 
