@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from streamparity import plots
@@ -101,3 +102,16 @@ def test_report_from_a_minimal_summary(tmp_path: Path) -> None:
     md = render(doc, {}, tmp_path)
     assert "| trt-cuda-fp16 | closed_loop | – | skip |" in md and "no GPU" in md
     assert "| fp16-softmax | outputs | open | FP16 softmax overflow |" in md
+
+
+def test_one_chunk_run_says_its_stability_is_bounds_only(tmp_path: Path) -> None:
+    """`--chunks 17`: one point cannot give a trend; the report and the plot say so instead of `0 ± –`."""
+    p = run_pytest("-m", "stability", "--chunks", "17", "--backend=ort-cpu-fp32", f"--report-dir={tmp_path}",
+                   "-p", "no:xdist")
+    assert p.returncode == 0, p.stdout[-3000:]
+    md = (tmp_path / "report.md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| ort-cpu-fp32 | outputs | "))
+    assert "too few chunks; bounds only" in row and "0 ± –" not in md
+    assert (tmp_path / plots.error_plot_name("ort-cpu-fp32", "closed_loop")).read_bytes()[:8] == PNG_MAGIC
+    run = next(r for r in json.loads((tmp_path / "summary.json").read_text())["runs"] if r["mode"] == "closed_loop")
+    assert plots._trend(run, "outputs", np.array([17.0]), np.array([1e-6])) is None  # no trend line drawn

@@ -75,6 +75,8 @@ def _tolerances(run: Mapping[str, Any], output: str, tolerances: Mapping[str, Ma
 def _trend(run: Mapping[str, Any], output: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
     st = run.get("stability", {}).get(output) or {}
     slope, icpt, se = st.get("slope"), st.get("intercept"), st.get("stderr")
+    if st and se is None:  # the gate judged too few points for a trend: draw none
+        return None
     if isinstance(slope, float) and isinstance(icpt, float):
         return slope, icpt, float(se) if isinstance(se, float) else float("nan")
     finite = np.isfinite(y)
@@ -82,6 +84,18 @@ def _trend(run: Mapping[str, Any], output: str, x: np.ndarray, y: np.ndarray) ->
         return None
     s, i, e = fit_trend(x[finite], y[finite])
     return s, i, e
+
+
+def _integer_chunks(ax: Any) -> None:
+    """Chunk axis: integer ticks only, and a readable span around a single chunk."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:
+        mid = round((lo + hi) / 2)
+        ax.set_xlim(mid - 1, mid + 1)
+    ax.set_xlabel("chunk", fontsize=8)
 
 
 def plot_errors(run: Mapping[str, Any], out_dir: Path, *,
@@ -119,12 +133,14 @@ def plot_errors(run: Mapping[str, Any], out_dir: Path, *,
                 keep = yy > 0
                 se_txt = f" ± {se:.2g}" if np.isfinite(se) else ""
                 ax.plot(xx[keep], yy[keep], "-", color="black", lw=1.2, label=f"trend {slope:.2g}{se_txt}/chunk")
-            verdict = (run.get("stability", {}).get(out) or {}).get("verdict")
+            st = run.get("stability", {}).get(out) or {}
+            verdict = st.get("verdict")
+            bounds_only = ", bounds only: too few chunks for a trend" if st and st.get("stderr") is None else ""
             ax.set_title(f"{run.get('backend')} {run.get('mode')}: {out}"
-                         + (f"  [stability {str(verdict).upper()}]" if verdict else ""), fontsize=9)
+                         + (f"  [stability {str(verdict).upper()}{bounds_only}]" if verdict else ""), fontsize=9)
             if pos.any():
                 ax.set_yscale("log")
-            ax.set_xlabel("chunk", fontsize=8)
+            _integer_chunks(ax)
             ax.set_ylabel("max |error|", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(True, which="major", alpha=0.3)
@@ -148,12 +164,12 @@ def plot_cache_len(runs: Sequence[Mapping[str, Any]], out_dir: Path, *,
         for i, r in enumerate(have):
             pts = sorted((int(k), int(v)) for k, v in r["cache_len"].items())
             ax.step([k for k, _ in pts], [v for _, v in pts], where="post", lw=1.2, color=COLORS[i % len(COLORS)],
-                    label=f"{r.get('backend')} {r.get('mode')}")
+                    marker="." if len(pts) < 60 else None, ms=4, label=f"{r.get('backend')} {r.get('mode')}")
         if expected:
             ks = sorted(expected)
             ax.step(ks, [expected[k] for k in ks], where="post", color="black", ls="--", lw=1,
-                    label="contract rule")
-        ax.set_xlabel("chunk", fontsize=8)
+                    marker="x" if len(ks) < 60 else None, ms=4, label="contract rule")
+        _integer_chunks(ax)
         ax.set_ylabel("cache length out (frames)", fontsize=8)
         ax.set_title("cache length progression", fontsize=9)
         ax.tick_params(labelsize=7)

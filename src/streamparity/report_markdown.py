@@ -140,7 +140,8 @@ def _stability_section(doc: Mapping[str, Any], pngs: Mapping[str, Path], report_
     for r in doc.get("runs", []):
         for out, s in (r.get("stability") or {}).items():
             early, late = s.get("early") or {}, s.get("late") or {}
-            slope = f"{_fmt(s.get('slope'))} ± {_fmt(s.get('stderr'), '.2g')}"
+            slope = (f"{_fmt(s.get('slope'))} ± {_fmt(s.get('stderr'), '.2g')}" if s.get("stderr") is not None
+                     else "– (too few chunks; bounds only)")
             rows.append([r.get("backend"), out, _MARK.get(str(s.get("verdict")), s.get("verdict")), s.get("n"),
                          slope, _fmt(s.get("slope_limit")), _fmt(s.get("t"), ".2f"), _fmt(early.get("mean")),
                          _fmt(late.get("mean")), _fmt(s.get("ratio"), ".2f"), _fmt(s.get("max_abs")),
