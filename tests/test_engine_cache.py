@@ -16,6 +16,7 @@ import pytest
 
 from streamparity import engine_cache as ec
 from streamparity.errors import EngineCacheError
+from streamparity.onnx_files import file_sha256
 
 
 def _model(path: Path, scale: float = 1.0) -> Path:
@@ -105,7 +106,7 @@ def test_cold_then_warm_builds_once(tmp_path: Path, onnx_file: Path) -> None:
     assert m["key"] == ec.cache_key(material(onnx_file))
     assert first.plan_path.name == f"enc-fp16-{m['key'][:16]}.plan"
     assert m["plan_size"] == first.plan_path.stat().st_size
-    assert m["plan_sha256"] == ec.file_sha256(first.plan_path)
+    assert m["plan_sha256"] == file_sha256(first.plan_path)
     assert m["builder_version"] == "1.0" and m["build_seconds"] >= 0 and m["created"] > 0
     assert m["key_material"]["onnx_sha256"] == ec.onnx_sha256(onnx_file)
     verify_ort(first.read_plan())

@@ -7,7 +7,8 @@ Layout under an engine dir::
     <name>-<precision>-<key[:16]>.lock    inter-process build lock (pytest-xdist workers)
     timing-<builder>-<version>-<gpu>.cache  builder timing cache, shared by all entries
 
-The key is the sha256 of a canonical JSON of the key material, so any change of ONNX bytes,
+The key is the sha256 of a canonical JSON of the key material, so any change of ONNX bytes (external
+weight files included),
 builder version, GPU or build option names a different file.  Corrupt entries are logged and rebuilt.
 """
 
@@ -18,7 +19,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EngineCacheError
+from .onnx_files import model_sha256
 from .reference import atomic_write_bytes
 
 log = logging.getLogger("streamparity.engine_cache")
@@ -38,8 +39,6 @@ BuildFn = Callable[[Path], bytes]
 VerifyFn = Callable[[bytes], None]
 """Raises if the plan bytes cannot be used (e.g. they do not deserialize)."""
 
-_sha_cache: dict[tuple[str, int, int], str] = {}
-_sha_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -85,27 +84,9 @@ def cache_key(material: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def onnx_sha256(path: str | Path) -> str:
-    """Streamed sha256 of a model file, memoised by (path, size, mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    memo = (str(p), st.st_size, st.st_mtime_ns)
-    with _sha_lock:
-        hit = _sha_cache.get(memo)
-    if hit is not None:
-        return hit
-    digest = file_sha256(p)
-    with _sha_lock:
-        _sha_cache[memo] = digest
-    return digest
+    """Content digest of a model, external weight files included (:func:`streamparity.onnx_files.model_sha256`)."""
+    return model_sha256(path)
 
 
 def key_material(*, onnx: str | Path, builder: str, builder_version: str, gpu_name: str,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 
 from ..contract import ROLE_AUDIO, Contract
 from ..errors import BackendUnavailable, ContractError, ModelMismatch
+from ..onnx_files import fp16_variant
 from .base import Backend, Stream
 from .device_loop import BindOutput, BufferPool, DeviceLoopStream, DeviceTensor, Shape
 
@@ -21,23 +21,6 @@ _ORT_DTYPES = {
     "tensor(int32)": "int32",
     "tensor(bool)": "bool",
 }
-
-
-def fp16_variant(onnx_path: Path, cache_dir: Path) -> Path:
-    """An FP16 copy of the model (weights and math in FP16, I/O kept FP32), cached by content hash."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
-    out = cache_dir / f"{onnx_path.stem}.fp16-{digest}.onnx"
-    if out.is_file():
-        return out
-    model = onnx.load(str(onnx_path))
-    m16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    from ..reference import atomic_write_bytes
-
-    atomic_write_bytes(out, m16.SerializeToString())
-    return out
 
 
 def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outputs: list[Any]) -> None:
@@ -78,11 +61,20 @@ class OrtBackend(Backend):
         self._ort = ort
         providers: list[Any]
         if device == "cuda":
+            preload = getattr(ort, "preload_dlls", None)
+            if preload is not None:  # ORT >= 1.21: CUDA/cuDNN from the nvidia-* wheels, if that is where they are
+                try:
+                    preload()
+                except Exception:  # best effort; the session check below decides
+                    pass
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable(
                     "ONNX Runtime's CUDAExecutionProvider is not available (install onnxruntime-gpu on a CUDA host); "
                     f"providers here: {', '.join(ort.get_available_providers())}")
-            providers = [("CUDAExecutionProvider", {"device_id": _gpu_index()}), "CPUExecutionProvider"]
+            cuda_opts: dict[str, Any] = {"device_id": _gpu_index()}
+            if precision == "fp32" and contract.build.fp32_disable_tf32:
+                cuda_opts["use_tf32"] = 0  # ORT's CUDA provider uses TF32 for FP32 matmuls and convs by default
+            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
         else:
@@ -102,6 +94,11 @@ class OrtBackend(Backend):
         except Exception as e:  # ORT raises its own exception types for unreadable or invalid models
             raise ModelMismatch(f"ONNX Runtime cannot load the model ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:300]})", file=str(model)) from None
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            # ORT falls back to the CPU, with only a log line, when the CUDA provider's libraries fail to load
+            raise BackendUnavailable("ONNX Runtime could not start its CUDAExecutionProvider (CUDA or cuDNN libraries "
+                                     "missing or mismatched) and fell back to "
+                                     f"{', '.join(self.session.get_providers())}; nothing would run on the GPU")
         check_model_io(contract, onnx_path, self.session.get_inputs(), self.session.get_outputs())
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._pool: BufferPool[Any] | None = None

@@ -24,6 +24,7 @@ import numpy as np
 from ..contract import ROLE_AUDIO, Contract, TensorSpec
 from ..engine_cache import CacheEntry, get_or_build, key_material, load_timing_cache, save_timing_cache
 from ..errors import BackendUnavailable, ContractError, EngineCacheError, ModelMismatch
+from ..onnx_files import fp16_variant
 from .base import Backend, Stream
 from .device_loop import BindOutput, BufferPool, DeviceLoopStream, DeviceTensor, Shape, nbytes_of, run_once
 
@@ -224,17 +225,14 @@ def _make_logger() -> Any:
     return _Logger()
 
 
-def _fp16_onnx_bytes(onnx: Path, fp32_layers: Sequence[str]) -> bytes:
+def _fp16_onnx(onnx: Path, fp32_layers: Sequence[str], cache_dir: Path) -> Path:
     """TensorRT 11 FP16: an FP16 copy of the model, with matching nodes and softmax/norm ops kept FP32."""
     import onnx as onnx_lib
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx_lib.load(str(onnx))
+    graph = onnx_lib.load(str(onnx), load_external_data=False)
     pats = [re.compile(p) for p in fp32_layers]
-    keep = [n.name for n in model.graph.node if n.name and any(p.search(n.name) for p in pats)]
-    m16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_ONNX_OPS),
-                                   node_block_list=keep)
-    return bytes(m16.SerializeToString())
+    keep = [n.name for n in graph.graph.node if n.name and any(p.search(n.name) for p in pats)]
+    return fp16_variant(onnx, cache_dir, op_block_list=FP32_ONNX_OPS, node_block_list=keep)
 
 
 def _pin_fp32_layers(network: Any, patterns: Sequence[str]) -> list[str]:
@@ -263,9 +261,10 @@ def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timin
     flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if strong else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    data = _fp16_onnx_bytes(onnx, options["fp32_layers"]) if strong and options["precision"] == "fp16" \
-        else onnx.read_bytes()
-    if not parser.parse(data, str(onnx)):
+    # from the file: weights kept as external data (models over 2 GB) resolve beside it
+    model_file = _fp16_onnx(onnx, options["fp32_layers"], timing_path.parent) \
+        if strong and options["precision"] == "fp16" else onnx
+    if not parser.parse_from_file(str(model_file)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors or ["unknown"]
         raise ModelMismatch("TensorRT's ONNX parser rejected the model: " + " | ".join(errors), file=str(onnx))
     config = builder.create_builder_config()
