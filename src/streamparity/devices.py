@@ -32,13 +32,38 @@ def gpu_names() -> tuple[str, ...]:
     return tuple(line.strip() for line in out.splitlines() if line.strip())
 
 
-def _version(mod: str) -> str | None:
+def _version(dist: str) -> str | None:
     try:
         from importlib.metadata import version
 
-        return version(mod)
+        return version(dist)
     except Exception:
         return None
+
+
+_MODULES = {"numpy": "numpy", "onnx": "onnx", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt",
+            "torch": "torch", "nemo-toolkit": "nemo"}
+"""Distribution name -> the module whose ``__version__`` is what actually runs."""
+
+
+def _module_version(dist: str) -> str | None:
+    """The version of the module that ``import`` resolves to, where it is loaded (or cheap to load: the hard
+    dependencies).  Installed-distribution metadata can disagree: an ``onnxruntime-gpu`` found first on
+    ``PYTHONPATH`` shadows an installed CPU ``onnxruntime`` whose metadata still says its own version."""
+    import importlib
+    import sys
+
+    name = _MODULES.get(dist)
+    if name is None:
+        return None
+    mod = sys.modules.get(name)
+    if mod is None and dist in ("numpy", "onnx", "onnxruntime"):
+        try:
+            mod = importlib.import_module(name)
+        except Exception:
+            return None
+    v = getattr(mod, "__version__", None) if mod is not None else None
+    return str(v) if v else None
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +77,13 @@ def environment() -> dict[str, Any]:
     }
     for pkg in ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch", "nemo-toolkit",
                 "pytest", "pytest-benchmark"):
-        v = _version(pkg)
+        v = _module_version(pkg) or _version(pkg)
         if v:
             env[pkg] = v
+    try:
+        import onnxruntime
+
+        env["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
+    except Exception:
+        pass
     return env

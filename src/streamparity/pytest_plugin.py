@@ -506,7 +506,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"backends: {', '.join(b.id for b in cfg.backends)}"
         + (f"; chunks {cfg.chunks.text}" if cfg.chunks else ""),
         "versions: " + ", ".join(f"{k} {env[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "torch",
-                                                              "nemo-toolkit", "numpy") if k in env),
+                                                              "nemo-toolkit", "numpy") if k in env)
+        + (f"; onnxruntime providers {', '.join(env['onnxruntime_providers'])}"
+           if env.get("onnxruntime_providers") else ""),
         "devices: " + (", ".join(env["gpus"]) if env["gpus"] else "no CUDA GPU") + f"; cpu {env['cpu']} x"
         f"{env['cpu_count']}",
     ]
@@ -586,7 +588,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     """GPU names and runtime versions go into pytest-benchmark's saved machine info."""
     env = environment()
     machine_info["streamparity"] = {"gpus": list(env["gpus"]), **{
-        k: env[k] for k in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "torch", "numpy") if k in env}}
+        k: env[k] for k in ("onnxruntime", "onnxruntime-gpu", "onnxruntime_providers", "tensorrt", "torch", "numpy")
+        if k in env}}
 
 
 @pytest.hookimpl(trylast=True)
