@@ -98,6 +98,14 @@ def test_xdist_gives_the_same_verdicts_as_serial(tmp_path, stuck_len_onnx):
 
     assert serial.returncode == para.returncode == 1
     assert verdicts("serial") == verdicts("xdist")
+    # the controller's summary merges both workers' chunks, and says which worker judged how many
+    merged = json.loads((tmp_path / "xdist" / "summary.json").read_text())["runs"]
+    workers = {place.split()[0] for r in merged for place in r["placements"]}
+    assert workers == {"gw0", "gw1"}, merged[0]["placements"]
+    for r in merged:
+        assert sum(r["placements"].values()) == r["chunks"]
+    serial_runs = json.loads((tmp_path / "serial" / "summary.json").read_text())["runs"]
+    assert {p for r in serial_runs for p in r["placements"]} == {"main cpu"}
     count = re.search(r"(\d+) failed, (\d+) passed", serial.stdout)
     assert count is not None and count.groups() == re.search(r"(\d+) failed, (\d+) passed", para.stdout).groups()
 

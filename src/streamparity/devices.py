@@ -19,6 +19,18 @@ def worker_gpu_index() -> int:
     return int(m.group(1)) % count if m else 0
 
 
+def placement(device: str) -> str:
+    """Where this process runs a backend of `device`: the xdist worker (``main`` when serial) and, for CUDA,
+    the GPU it picks (``gw1 cuda:1 NVIDIA H100 80GB HBM3``).  Recorded per chunk, so a merged summary shows
+    which worker and GPU judged what."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER") or "main"
+    if device != "cuda":
+        return f"{worker} {device}"
+    names = gpu_names()
+    idx = worker_gpu_index()
+    return f"{worker} cuda:{idx}" + (f" {names[idx]}" if idx < len(names) else "")
+
+
 @lru_cache(maxsize=1)
 def gpu_names() -> tuple[str, ...]:
     exe = shutil.which("nvidia-smi")

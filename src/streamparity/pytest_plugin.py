@@ -19,7 +19,7 @@ import pytest
 
 from . import __version__
 from .backends.registry import BackendSpec, parse_backend_spec
-from .devices import environment
+from .devices import environment, placement
 from .drivers import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult, RunResult
 from .errors import BackendUnavailable, StreamparityError
 from .report import SummaryCollector
@@ -456,6 +456,7 @@ def chunk_payload(res: ChunkResult) -> dict[str, Any]:
         "cache_len_in": res.cache_len_in,
         "cache_len_out": res.cache_len_out,
         "step_ms": res.step_ms,
+        "placement": placement(res.backend.split("-")[1] if res.backend.count("-") >= 2 else "cpu"),
         "metrics": {k: {"max_abs": m.max_abs, "mean_abs": m.mean_abs, "p95_abs": m.p95_abs, "p99_abs": m.p99_abs,
                         "max_rel": m.max_rel, "mismatches": m.mismatches, "numel": m.numel, "nonfinite": m.nonfinite,
                         "verdict": res.verdicts.get(k, "pass")}

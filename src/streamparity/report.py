@@ -26,6 +26,7 @@ class RunRow:
     series: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
     cache_len: dict[int, int] = field(default_factory=dict)
     step_ms: list[float] = field(default_factory=list)
+    placements: dict[str, int] = field(default_factory=dict)
     gates: list[dict[str, Any]] = field(default_factory=list)
     gate_outcome: str | None = None
     skip_reason: str | None = None
@@ -93,6 +94,8 @@ class SummaryCollector:
                 row.cache_len[k] = int(p["cache_len_out"][0])
             if p.get("step_ms"):
                 row.step_ms.append(float(p["step_ms"]))
+            if p.get("placement"):
+                row.placements[p["placement"]] = row.placements.get(p["placement"], 0) + 1
         return sorted(rows.values(), key=lambda r: (r.mode, r.backend))
 
     def table_lines(self) -> list[str]:
@@ -140,6 +143,7 @@ class SummaryCollector:
                 "stability": r.stability, "stability_outcome": r.stability_outcome,
                 "cache_len": {str(k): v for k, v in sorted(r.cache_len.items())},
                 "step_ms": {"p50": _pct(r.step_ms, 50), "p95": _pct(r.step_ms, 95), "p99": _pct(r.step_ms, 99)},
+                "placements": dict(sorted(r.placements.items())),
             })
         latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
                    if p.get("kind") == "latency"]

@@ -228,6 +228,11 @@ def _environment_section(doc: Mapping[str, Any]) -> list[str]:
     rc = doc.get("reference_check")
     if isinstance(rc, Mapping) and "ok" in rc:
         lines.append(f"- reference check: {'ok' if rc.get('ok') else '**FAILED**'}")
+    for r in doc.get("runs", []):
+        where = r.get("placements") or {}
+        if where:
+            lines.append(f"- {r['backend']} {r['mode']} judged on: "
+                         + ", ".join(f"{k} ({n} chunks)" for k, n in where.items()))
     return [*lines, ""]
 
 
