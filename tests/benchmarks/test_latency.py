@@ -119,8 +119,9 @@ def gpu_split(stream: Stream, step: Callable[[], None], steps: int) -> dict[str,
                 totals[kind] += float(start.elapsed_time(end))
     finally:
         stream.ops, stream.runner = ops, runner  # type: ignore[attr-defined]
+    note = getattr(runner, "timing_note", None)
     return {"compute_ms": totals["compute"] / steps, "copy_ms": totals["copy"] / steps,
-            "gpu_split": f"CUDA events over {steps} steps"}
+            "gpu_split": f"CUDA events over {steps} steps" + (f"; {note}" if note else "")}
 
 
 def test_step_latency(benchmark: Any, request: pytest.FixtureRequest, parity: ParitySession,

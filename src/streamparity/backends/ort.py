@@ -132,6 +132,9 @@ class OrtIOBindingRunner:
     runner binds host buffers with ``device_type="cpu"``, which is how it is tested without a GPU.
     """
 
+    timing_note = ("ONNX Runtime's run_with_iobinding blocks the host until its own stream is done, so "
+                   "'compute' is that whole call: binding, host overhead and kernels")
+
     def __init__(self, backend: OrtBackend, ptr: Callable[[Any], int], *, device_type: str, device_id: int,
                  sync: Callable[[], None] | None = None) -> None:
         self.backend = backend
