@@ -3,6 +3,7 @@ command reproduces the failure on that chunk alone, and `streamparity bisect` na
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
@@ -76,10 +77,14 @@ def test_pytest_repro_line_works_from_the_directory_pytest_ran_in(broken_run: tu
     line = next(x for x in r.stdout.splitlines() if x.startswith("repro: pytest ") and "chunk002" in x)
     argv = shlex.split(line[len("repro: "):])
     assert argv[1].startswith("parity/test_parity.py::test_")
-    assert f"--report-dir={tmp_path / 'r1'}" in argv and "--fail-on-warn" in argv and "--chunks=2" in argv
+    # its reports go beside the failing run's, not over them
+    assert f"--report-dir={tmp_path / 'r1' / 'repro'}" in argv and "--fail-on-warn" in argv and "--chunks=2" in argv
     again = run_pytest(*argv[1:], "-q", cwd=here)
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("FAILED ") == 1 and "1 failed" in again.stdout, again.stdout[-2000:]
+    first = json.loads((tmp_path / "r1" / "summary.json").read_text())
+    assert {r["chunks"] for r in first["runs"] if r["backend"] == "ort-cpu-fp32"} == {2}  # not overwritten
+    assert (tmp_path / "r1" / "repro" / "summary.json").is_file()
 
 
 @pytest.mark.parametrize("mode", ["functional", "closed_loop"])

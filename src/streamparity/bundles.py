@@ -42,8 +42,10 @@ def write_bundle(session: ParitySession, res: ChunkResult) -> Path | None:
         "chunk": res.chunk,
         "tolerances": {name: vars(session.contract.tolerance(name, res.precision))
                        for name in session.contract.compared_outputs()},
+        "verdict": res.verdict,
         "verdicts": res.verdicts,
         "violations": [str(v) for v in res.violations],
+        "error": res.error,
     }
     arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     for k, v in res.bundle_inputs.items():

@@ -42,6 +42,7 @@ class Metrics:
     rtol: float
     region: str = "all"
     shape_error: str | None = None
+    rel_index: tuple[int, ...] = ()
 
     @property
     def mismatch_pct(self) -> float:
@@ -50,6 +51,7 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["worst_index"] = list(self.worst_index)
+        d["rel_index"] = list(self.rel_index)
         d["mismatch_pct"] = self.mismatch_pct
         return d
 
@@ -63,8 +65,13 @@ def compare_arrays(
     atol: float,
     rtol: float,
     region: str = "all",
+    offset: tuple[int, ...] = (),
 ) -> Metrics:
-    """Elementwise comparison; an element mismatches when |a-e| > atol + rtol*|e| or a is not finite."""
+    """Elementwise comparison; an element mismatches when |a-e| > atol + rtol*|e| or a is not finite.
+
+    `offset` is where the compared arrays start inside the full tensors (a cache compared on its valid
+    frames), so that reported indices point into the full tensor.  The relative difference divides by
+    max(|e|, atol): elements whose expected value is ~0 are judged by atol, not by a huge ratio."""
     a = np.asarray(actual)
     e = np.asarray(expected)
     if a.shape != e.shape:
@@ -81,11 +88,13 @@ def compare_arrays(
     nonfinite = int(nonfinite_mask.sum())
     diff = np.where(nonfinite_mask, np.inf, diff)
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite elements are counted, not warned about
-        rel = np.where(nonfinite_mask, np.inf, diff / np.maximum(np.abs(e64), np.finfo(np.float32).tiny))
+        rel = np.where(nonfinite_mask, np.inf,
+                       diff / np.maximum(np.abs(e64), max(atol, float(np.finfo(np.float32).tiny))))
         allowed = atol + rtol * np.abs(e64)
         mism = (diff > allowed) | nonfinite_mask
-    flat = int(np.argmax(diff))
-    idx = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+    rel_idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(rel)), rel.shape))
+    full = (lambda ix: tuple(i + o for i, o in zip(ix, offset, strict=True))) if offset else (lambda ix: ix)
     finite_diff = diff[np.isfinite(diff)]
     return Metrics(
         output=output,
@@ -98,21 +107,26 @@ def compare_arrays(
         p99_abs=float(np.percentile(finite_diff, 99)) if finite_diff.size else float("inf"),
         mismatches=int(mism.sum()),
         nonfinite=nonfinite,
-        worst_index=idx,
+        worst_index=full(idx),
         worst_actual=float(a64[idx]),
         worst_expected=float(e64[idx]),
         atol=atol,
         rtol=rtol,
         region=region,
+        rel_index=full(rel_idx),
     )
 
 
-def valid_region(spec: TensorSpec, array: np.ndarray, cache_len: int | None) -> tuple[np.ndarray, str]:
-    """Restrict a cache_channel tensor to its valid frames: the last `cache_len` along the time axis (2)."""
+def valid_region(spec: TensorSpec, array: np.ndarray,
+                 cache_len: int | None) -> tuple[np.ndarray, str, tuple[int, ...]]:
+    """Restrict a cache_channel tensor to its valid frames, the last `cache_len` along the time axis (2).
+    Returns the view, a label, and the view's offset inside `array`."""
     if spec.role == ROLE_CACHE_CHANNEL and cache_len is not None and array.ndim == 4:
         n = max(0, min(int(cache_len), array.shape[2]))
-        return array[:, :, array.shape[2] - n :, :], f"last {n} frames (cache_len)"
-    return array, "all"
+        start = array.shape[2] - n
+        return array[:, :, start:, :], f"frames {start}..{array.shape[2] - 1} of {array.shape[2]} " \
+            f"(the last {n} = cache_len)", (0, 0, start, 0)
+    return array, "all", ()
 
 
 def compare_output(
@@ -127,9 +141,10 @@ def compare_output(
 ) -> Metrics:
     spec = contract.output(name)
     tol = contract.tolerance(name, precision)
-    a, region = valid_region(spec, np.asarray(actual), cache_len)
-    e, _ = valid_region(spec, np.asarray(expected), cache_len)
-    return compare_arrays(a, e, output=name, chunk=chunk, atol=tol.atol, rtol=tol.rtol, region=region)
+    a, region, offset = valid_region(spec, np.asarray(actual), cache_len)
+    e, _, _ = valid_region(spec, np.asarray(expected), cache_len)
+    return compare_arrays(a, e, output=name, chunk=chunk, atol=tol.atol, rtol=tol.rtol, region=region,
+                          offset=offset if a.shape == e.shape else ())
 
 
 def verdict(m: Metrics, tol: Tolerance) -> Verdict:
@@ -153,10 +168,14 @@ def describe_failure(m: Metrics, tol: Tolerance, *, what: str) -> str:
         return "\n".join(lines)
     lines += [
         f"  mismatched elements: {m.mismatches} / {m.numel} ({m.mismatch_pct:.1f}%) in region {m.region}",
-        f"  non-finite elements: {m.nonfinite}",
+        f"  non-finite elements: {m.nonfinite}" + (
+            f" (first at index {m.worst_index}: actual {m.worst_actual:.6g}, expected {m.worst_expected:.6g})"
+            if m.nonfinite else ""),
         f"  greatest absolute difference: {m.max_abs:.3g} at index {m.worst_index} "
-        f"(actual {m.worst_actual:.6g}, expected {m.worst_expected:.6g})",
-        f"  greatest relative difference: {m.max_rel:.3g}",
+        f"(actual {m.worst_actual:.6g}, expected {m.worst_expected:.6g})" if not m.nonfinite else
+        "  greatest absolute difference: not finite (NaN or Inf in the actual or expected values)",
+        f"  greatest relative difference: {m.max_rel:.3g} at index {m.rel_index} (|expected| floored at atol)"
+        if not m.nonfinite else "  greatest relative difference: not finite",
         f"  mean abs {m.mean_abs:.3g}, p95 {m.p95_abs:.3g}, p99 {m.p99_abs:.3g}",
         f"  tolerance: {tol.describe()} -- {tol.reason}",
     ]

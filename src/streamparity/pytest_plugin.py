@@ -289,20 +289,27 @@ def ort_fp32(parity: ParitySession) -> Iterator[Any]:
 
 def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | None) -> str:
     """A pytest command line that reruns just this case from the directory pytest was started in: the node
-    id made relative to that directory, every option that changes what is judged or where it goes."""
+    id made relative to that directory, and every option that changes what is judged.  A per-chunk case
+    reruns that chunk; a run-level case (gates, stability) reruns the same chunk selection.  Its reports go
+    to ``<report-dir>/repro``, so pasting the line does not overwrite the failing run's summary."""
     opt = config.option
     path, sep, rest = nodeid.partition("::")
     here = Path(str(config.invocation_params.dir))
     test_file = os.path.relpath(Path(str(config.rootpath)) / path, here)
     args = ["pytest", test_file + sep + rest]
     for flag, val in (("--contract", opt.contract), ("--onnx", opt.onnx), ("--reference", opt.reference),
-                      ("--offline-reference", opt.offline_reference), ("--report-dir", opt.report_dir),
-                      ("--engine-dir", opt.engine_dir)):
+                      ("--offline-reference", opt.offline_reference), ("--engine-dir", opt.engine_dir)):
         if val is not None:
             args.append(f"{flag}={val}")  # '=': a bare existing path would move pytest's rootdir
+    report_dir = os.path.relpath(config.stash[CFG_KEY].report_dir, here) if opt.report_dir is None \
+        else str(opt.report_dir)
+    args.append(f"--report-dir={os.path.join(report_dir, 'repro')}")
     args.append(f"--backend={spec.id}")
+    selection = config.stash[CFG_KEY].chunks
     if chunk is not None:
         args.append(f"--chunks={chunk}")
+    elif selection is not None:
+        args.append(f"--chunks={selection.text}")
     if opt.fail_on_warn:
         args.append("--fail-on-warn")
     args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
@@ -428,13 +435,13 @@ def judge_stability(request: pytest.FixtureRequest, session: ParitySession, spec
     drift = any(r.t_excess > r.sigma or r.ratio > r.ratio_limit for r in bad.values())
     if gate.reason and drift:
         lines.append(f"gate: {gate.reason}")
-    elif not drift:
+    elif verdict == "fail" and any(r.nonfinite_chunks for r in bad.values()):
+        lines.append("no trend judged: the error is not finite (NaN or Inf) on some chunks; see the chunk tests")
+    elif verdict == "fail":
         lines.append("no trend: the errors are bounded-gate failures (max/P99 above the contract's limits), "
                      "not drift")
     if verdict == "fail":
-        repro = _repro(request.config, request.node.nodeid, spec, None)
-        sel = request.config.option.chunks
-        lines.append(repro + (f" --chunks={sel.text}" if sel is not None else ""))
+        lines.append(_repro(request.config, request.node.nodeid, spec, None))
         pytest.fail("\n".join(lines), pytrace=False)
     warnings.warn(ParityWarning("\n".join(lines)), stacklevel=1)
 

@@ -27,6 +27,8 @@ class RunRow:
     cache_len: dict[int, int] = field(default_factory=dict)
     step_ms: list[float] = field(default_factory=list)
     placements: dict[str, int] = field(default_factory=dict)
+    violations: list[tuple[int, str]] = field(default_factory=list)
+    """(chunk, first message) of every chunk with contract-invariant violations or a run error."""
     gates: list[dict[str, Any]] = field(default_factory=list)
     gate_outcome: str | None = None
     skip_reason: str | None = None
@@ -94,6 +96,9 @@ class SummaryCollector:
                 row.cache_len[k] = int(p["cache_len_out"][0])
             if p.get("step_ms"):
                 row.step_ms.append(float(p["step_ms"]))
+            problems = [*p.get("violations", []), *([p["error"]] if p.get("error") else [])]
+            if problems:
+                row.violations.append((k, str(problems[0])))
             if p.get("placement"):
                 row.placements[p["placement"]] = row.placements.get(p["placement"], 0) + 1
         return sorted(rows.values(), key=lambda r: (r.mode, r.backend))
@@ -116,6 +121,10 @@ class SummaryCollector:
                 vals = list(r.series[out].values())
                 p95 = float(np.percentile(vals, 95)) if vals and np.all(np.isfinite(vals)) else float("inf")
                 lines.append(left + f"{out:<26} {worst:>13.3g} {at:>6} {p95:>9.3g}")
+            if r.violations:
+                first_chunk, first = min(r.violations)
+                lines.append(" " * 65 + f"{'contract invariants':<26} {len(r.violations)} chunk(s) violate, first "
+                             f"@chunk {first_chunk}: {first}")
         return lines
 
     def to_json(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +153,10 @@ class SummaryCollector:
                 "cache_len": {str(k): v for k, v in sorted(r.cache_len.items())},
                 "step_ms": {"p50": _pct(r.step_ms, 50), "p95": _pct(r.step_ms, 95), "p99": _pct(r.step_ms, 99)},
                 "placements": dict(sorted(r.placements.items())),
+                "violations": {"chunks": len(r.violations),
+                               "first": ({"chunk": min(r.violations)[0], "message": min(r.violations)[1]}
+                                         if r.violations else None),
+                               "by_chunk": {str(k): m for k, m in sorted(r.violations)[:50]}},
             })
         latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
                    if p.get("kind") == "latency"]

@@ -111,6 +111,12 @@ def _verdict_section(doc: Mapping[str, Any]) -> list[str]:
             rows.append([r.get("backend"), r.get("mode"), out, _MARK.get(output_verdict(r, out), "?"), _fmt(worst),
                          _fmt(at, "d") if isinstance(at, int) else _fmt(at), _fmt(o.get("p95_max_abs")), rate,
                          total or "–"])
+        v = r.get("violations") or {}
+        if v.get("chunks"):
+            first = v.get("first") or {}
+            rows.append([r.get("backend"), r.get("mode"), "contract invariants", _MARK.get("fail", "fail"),
+                         str(first.get("message", ""))[:300].replace("|", "/"), _fmt(first.get("chunk"), "d"), "–",
+                         "–", f"{v['chunks']} chunk(s) violate"])
     return ["## Verdicts", "",
             "Per backend, mode and output: the worst per-chunk max |error| and its chunk, the P95 over chunks, "
             "and the share of chunks that passed (warn and fail excluded).  An output fails when any chunk, "

@@ -98,8 +98,16 @@ class StabilityResult:
     def describe(self, what: str = "") -> str:
         """What, where, how far and the limits, one fact per line."""
         head = f"{what}: " if what else ""
-        lines = [f"{head}stability {self.verdict.upper()} over {self.n} chunks "
-                 f"({self.first_chunk}..{self.last_chunk})"]
+        if self.n == 0:
+            bad = self.nonfinite_chunks
+            lines = [f"{head}stability {self.verdict.upper()}: the error is not finite (NaN or Inf) on all "
+                     f"{len(bad)} chunks" + (f" ({bad[0]}..{bad[-1]})" if bad else "") + "; no trend to fit"]
+            lines += [f"  reason: {r}" for r in self.reasons]
+            return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+        extra = f", {len(self.nonfinite_chunks)} more not finite" if self.nonfinite_chunks else ""
+        lines = [f"{head}stability {self.verdict.upper()} over {self.n} chunks with a finite error "
+                 f"({self.first_chunk}..{self.last_chunk}{extra})" if extra else
+                 f"{head}stability {self.verdict.upper()} over {self.n} chunks ({self.first_chunk}..{self.last_chunk})"]
         lines += [f"  reason: {r}" for r in self.reasons]
         lines.append(f"  trend: slope {self.slope:.3g} ± {self.stderr:.2g} per chunk (t = {_fmt_t(self.t)}), "
                      f"limit {self.slope_limit:.3g} at {self.sigma:g} sigma; fitted growth over the run "
@@ -257,6 +265,9 @@ def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
             reasons_fail.append(
                 f"error grows by {slope:.3g} ± {stderr:.2g} per chunk, significantly above the limit {limit:.3g} "
                 f"({_fmt_t(t_excess)} > {gate.slope_sigma:g} standard errors above it)")
+        elif t > gate.slope_sigma and float(np.max(y)) <= floor:
+            notes.append(f"a significant but tiny trend ({slope:.3g} per chunk, t = {_fmt_t(t)}) on errors that "
+                         f"stay below {floor:.3g} ({gate.early_floor_fraction:g} x atol): not a warning")
         elif t > gate.slope_sigma:
             reasons_warn.append(
                 f"error grows significantly ({slope:.3g} ± {stderr:.2g} per chunk, t = {_fmt_t(t)}) but not "

@@ -89,6 +89,18 @@ def rerun(contract: Contract, onnx: Path, spec: BackendSpec, meta: dict[str, Any
     return res
 
 
+def _overall(verdicts: dict[str, str], violations: list[str], error: object) -> str:
+    """A chunk's verdict from bundles written before the verdict itself was stored."""
+    if violations or error or "fail" in verdicts.values():
+        return "fail"
+    return "warn" if "warn" in verdicts.values() else "pass"
+
+
+def _violation_keys(violations: list[str]) -> list[str]:
+    """Which invariant each violation is about (its text up to the first colon), for comparing runs."""
+    return sorted(v.split(":", 1)[0] for v in violations)
+
+
 def run(args: argparse.Namespace) -> int:
     meta, contract, onnx, inputs, expected, actual = bundle_context(args.bundle, args.contract, args.onnx)
     spec = args.backend or parse_backend_spec(str(meta["backend"]))
@@ -98,11 +110,20 @@ def run(args: argparse.Namespace) -> int:
         res = rerun(contract, onnx, spec, meta, inputs, expected, args.engine_dir or Path(tmp))
     for line in res.describe(contract):  # the same lines as the pytest failure message
         print(line)
-    recorded = meta.get("verdicts", {})
-    if recorded:
-        now = {k: res.verdicts.get(k, "-") for k in recorded}
-        same = all(now[k] == v for k, v in recorded.items())
-        print(f"recorded verdicts {recorded}; now {now}: " + ("reproduced" if same else "DIFFERENT"))
+    recorded = dict(meta.get("verdicts", {}))
+    recorded_violations = [str(v) for v in meta.get("violations", [])]
+    if recorded or recorded_violations or meta.get("error"):
+        # the chunk verdict, the per-output verdicts and the contract violations must all match to say so
+        recorded["chunk"] = str(meta.get("verdict") or _overall(recorded, recorded_violations, meta.get("error")))
+        now = {k: res.verdicts.get(k, "-") for k in recorded if k != "chunk"}
+        now["chunk"] = res.verdict
+        now_violations = [str(v) for v in res.violations]
+        same = all(now[k] == v for k, v in recorded.items()) and \
+            _violation_keys(now_violations) == _violation_keys(recorded_violations)
+        print(f"recorded verdicts {recorded}; now {now}")
+        print(f"recorded contract violations: {len(recorded_violations)}; now: {len(now_violations)}"
+              + (f" (first: {now_violations[0]})" if now_violations else ""))
+        print("reproduced" if same else "DIFFERENT from the recorded failure")
     if spec.id == meta["backend"] and actual:
         diffs = []
         got = res.bundle_outputs or {}

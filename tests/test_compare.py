@@ -1,0 +1,56 @@
+"""Failure messages point at the right element: full-tensor indices for caches compared on their valid
+frames, a relative difference that near-zero expected values cannot blow up, and NaN named as such."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamparity.compare import compare_output, describe_failure
+from streamparity.contract import ROLE_CACHE_CHANNEL, load_contract
+from tests.conftest import TINY_CONTRACT
+
+
+def _cache_channel_name() -> str:
+    c = load_contract(TINY_CONTRACT)
+    return next(s.name for s in c.outputs if s.role == ROLE_CACHE_CHANNEL)
+
+
+def test_cache_index_points_into_the_full_tensor() -> None:
+    c = load_contract(TINY_CONTRACT)
+    name = _cache_channel_name()
+    shape = c.concrete_shape(c.output(name), {"B": 1})
+    rng = np.random.default_rng(0)
+    expected = rng.standard_normal(shape).astype(np.float32)
+    actual = expected.copy()
+    frames = shape[2]
+    where = (0, 1, frames - 3, 5)  # inside the valid region (the last 8 frames)
+    actual[where] += 0.5
+    m = compare_output(c, name, actual, expected, chunk=3, precision="fp32", cache_len=8)
+    assert m.worst_index == where and m.rel_index == where
+    assert m.worst_actual == float(actual[where]) and m.worst_expected == float(expected[where])
+    text = describe_failure(m, c.tolerance(name, "fp32"), what="x")
+    assert f"at index {where}" in text and f"frames {frames - 8}..{frames - 1} of {frames}" in text
+
+
+def test_relative_difference_is_floored_at_atol() -> None:
+    c = load_contract(TINY_CONTRACT)
+    name = "outputs"
+    shape = c.concrete_shape(c.output(name), {"B": 1})
+    expected = np.full(shape, 1e-30, dtype=np.float32)
+    actual = expected.copy()
+    actual.reshape(-1)[7] = 1e-3
+    m = compare_output(c, name, actual, expected, chunk=0, precision="fp32")
+    atol = c.tolerance(name, "fp32").atol
+    assert m.max_rel < 1e-3 / atol * 1.001  # not 1e27
+
+
+def test_nan_is_named_not_shown_as_inf() -> None:
+    c = load_contract(TINY_CONTRACT)
+    shape = c.concrete_shape(c.output("outputs"), {"B": 1})
+    expected = np.zeros(shape, dtype=np.float32)
+    actual = expected.copy()
+    actual[0, 3, 1] = np.nan
+    m = compare_output(c, "outputs", actual, expected, chunk=0, precision="fp32")
+    text = describe_failure(m, c.tolerance("outputs", "fp32"), what="x")
+    assert "non-finite elements: 1 (first at index (0, 3, 1): actual nan" in text
+    assert "greatest absolute difference: not finite" in text and " inf " not in text
