@@ -86,6 +86,28 @@ def test_stale_sidecar_index_is_rebuilt(tmp_path):
     assert len(ReferenceFile(p)) == 3
 
 
+def test_index_that_no_longer_matches_the_lines_is_rebuilt_not_trusted(tmp_path):
+    """A change the index key cannot see (same size, same mtime, same first and last 64 KiB) must not serve
+    another chunk's data: each read checks that its line holds the chunk it was asked for."""
+    import os
+
+    p = tmp_path / "r.jsonl"
+    rng = np.random.default_rng(0)
+    with ReferenceWriter(p, {}, 6) as w:  # ~100 KB lines: chunks 2 and 3 lie outside the key's head and tail
+        for k in range(6):
+            w.write(k, {}, {"x": rng.standard_normal((200, 100)).astype(np.float32)}, {})
+    assert ReferenceFile(p).read(3).chunk == 3
+    st = p.stat()
+    lines = p.read_bytes().splitlines(keepends=True)  # header, then chunks 0..5
+    assert len(lines[3]) == len(lines[4])  # chunks 2 and 3: equal length, so the byte offsets still fit
+    lines[3], lines[4] = lines[4], lines[3]
+    p.write_bytes(b"".join(lines))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ref = ReferenceFile(p)  # the sidecar still matches the key: size, mtime, first and last 64 KiB
+    with pytest.raises(ReferenceFormatError, match="chunks are not consecutive"):
+        ref.read(3)  # not chunk 2's data under chunk 3's name
+
+
 def test_interrupted_writer_leaves_nothing(tmp_path):
     p = tmp_path / "r.jsonl"
     with pytest.raises(RuntimeError), ReferenceWriter(p, {}, 3) as w:

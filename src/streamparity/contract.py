@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -271,7 +272,23 @@ def _json_path(path: Sequence[Any]) -> str:
     return out
 
 
+def _nonfinite(doc: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """Path of the first NaN or Infinity in a parsed document (Python's json accepts both)."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return path
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for k, v in items:
+        found = _nonfinite(v, (*path, k))
+        if found is not None:
+            return found
+    return None
+
+
 def validate_document(doc: Any, file: str) -> None:
+    bad = _nonfinite(doc)
+    if bad is not None:  # JSON Schema's "number" lets NaN through, and a NaN tolerance passes every comparison
+        raise ContractError(f"schema violation at {_json_path(bad)}: NaN and Infinity are not valid numbers "
+                            "in a contract", file=file, field=_json_path(bad))
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:

@@ -370,6 +370,8 @@ def _reference_problem(session: ParitySession) -> str | None:
     rep = session.reference_report()
     if rep.ok:
         return None
+    if rep.format_error:
+        return f"reference rejected before judging any runtime, a chunk cannot be read: {rep.format_error}"
     first = rep.violations[0] if rep.violations else "streaming outputs differ from the offline reference"
     return (f"reference {rep.path} rejected before judging any runtime ({len(rep.violations)} violations; "
             f"see test_reference_is_sane): {first}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -33,6 +34,7 @@ from .tensors import encode_tensor
 FORMAT_VERSION = 1
 INDEX_VERSION = 2
 _META_KEY = b'"meta":'
+log = logging.getLogger("streamparity.reference")
 _PREFIX = 65536  # bytes of a line read to find its chunk id and meta
 
 
@@ -173,6 +175,7 @@ class ReferenceFile:
         self.header: dict[str, Any] = {}
         self.entries: list[IndexEntry] = []
         self._by_chunk: dict[int, IndexEntry] = {}
+        self._use_sidecar = use_sidecar
         self._load_index(use_sidecar)
 
     # -- index ------------------------------------------------------------------------
@@ -194,20 +197,26 @@ class ReferenceFile:
                 pass  # stale or corrupt index: rebuild
         self._build_index()
         if use_sidecar:
-            doc = {
-                "version": INDEX_VERSION,
-                "key": key,
-                "header": self.header,
-                "entries": [[e.chunk, e.offset, e.length, e.line, dict(e.meta)] for e in self.entries],
-            }
-            try:
-                atomic_write_text(self.sidecar, json.dumps(doc, separators=(",", ":")))
-            except OSError:
-                pass  # read-only location: keep the index in memory
+            self._write_sidecar(key)
+
+    def _write_sidecar(self, key: dict[str, Any]) -> None:
+        if not self._use_sidecar:
+            return
+        doc = {
+            "version": INDEX_VERSION,
+            "key": key,
+            "header": self.header,
+            "entries": [[e.chunk, e.offset, e.length, e.line, dict(e.meta)] for e in self.entries],
+        }
+        try:
+            atomic_write_text(self.sidecar, json.dumps(doc, separators=(",", ":")))
+        except OSError:
+            pass  # read-only location: keep the index in memory
 
     def _build_index(self) -> None:
         """One pass over the file in 8 MiB blocks: newline positions, and per line only its first bytes
         (chunk id and meta), so multi-MB tensor payloads are never kept, copied whole or decoded here."""
+        self.header, self.entries, self._by_chunk = {}, [], {}
         file = str(self.path)
         prev: int | None = None
         with self.path.open("rb") as whole:
@@ -273,16 +282,42 @@ class ReferenceFile:
 
     def read(self, chunk: int) -> ChunkRecord:
         e = self._entry(chunk)
-        with self.path.open("rb") as f:
-            f.seek(e.offset)
-            line = f.read(e.length)
+        before, line = self._line(e)
+        if not self._holds(before, line, e):
+            # the file changed in a way the index key did not see (same size, mtime and ends): rebuild, retry
+            log.warning("%s: byte-offset index %s is stale (line %d does not hold chunk %d); rebuilding it",
+                        self.path, self.sidecar, e.line, e.chunk)
+            self._build_index()
+            self._write_sidecar(_file_key(self.path))
+            e = self._entry(chunk)
+            before, line = self._line(e)
+            if not self._holds(before, line, e):
+                raise ReferenceFormatError("line does not hold the chunk its index entry names",
+                                           file=str(self.path), line=e.line, chunk=chunk, field="chunk")
         return self._parse(line, e)
 
     def __iter__(self) -> Iterator[ChunkRecord]:
+        for k in self.chunk_ids:
+            yield self.read(k)
+
+    def _line(self, e: IndexEntry) -> tuple[bytes, bytes]:
+        """(the byte before the entry, the entry's bytes): a line starts after a newline."""
         with self.path.open("rb") as f:
-            for e in self.entries:
-                f.seek(e.offset)
-                yield self._parse(f.read(e.length), e)
+            f.seek(max(e.offset - 1, 0))
+            before = f.read(1) if e.offset else b"\n"
+            return before, f.read(e.length)
+
+    def _holds(self, before: bytes, body: bytes, e: IndexEntry) -> bool:
+        """Whether `body` is a whole line that holds chunk e.chunk."""
+        if before != b"\n" or len(body) != e.length:
+            return False
+        if body.startswith(b'{"chunk":'):
+            try:
+                found = _meta_from_prefix(body[:_PREFIX], str(self.path), e.line)
+            except ReferenceFormatError:
+                return False
+            return found is None or found[0] == e.chunk
+        return True  # a foreign writer's line: its chunk id is checked when it is parsed
 
     def _parse(self, line: bytes, e: IndexEntry) -> ChunkRecord:
         """Decode one chunk line with the fast reader (falls back to json; errors name file/line/chunk/field)."""

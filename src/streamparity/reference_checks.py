@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends.base import pad_cache_to
 from .contract import ROLE_CACHE_LEN, ROLE_ENCODED, Contract
-from .errors import ReferenceFormatError, ReferenceInvalid
+from .errors import ReferenceFormatError, ReferenceInvalid, StreamparityError
 from .invariants import Violation, check_inputs, check_outputs
 from .reference import ReferenceFile
 
@@ -41,13 +41,17 @@ class ReferenceReport:
     functional_chunks: list[int]
     violations: list[Violation] = field(default_factory=list)
     offline: OfflineCheck | None = None
+    format_error: str | None = None
+    """The first chunk that could not be read (bad base64, shape, dtype, ...): checking stopped there."""
 
     @property
     def ok(self) -> bool:
-        return not self.violations and (self.offline is None or self.offline.passed)
+        return not self.format_error and not self.violations and (self.offline is None or self.offline.passed)
 
     def summary(self, limit: int = 8) -> str:
         lines = [f"reference {self.path} is invalid:"]
+        if self.format_error:
+            lines.append(f"  unreadable: {self.format_error}")
         for v in self.violations[:limit]:
             lines.append(f"  {v}")
         if len(self.violations) > limit:
@@ -65,13 +69,25 @@ class ReferenceReport:
             "chunks": self.chunks,
             "functional_chunks": len(self.functional_chunks),
             "violations": [str(v) for v in self.violations],
+            "format_error": self.format_error,
             "offline": None if self.offline is None else vars(self.offline),
             "ok": self.ok,
         }
 
 
 def check_reference(contract: Contract, ref: ReferenceFile, *, offline_path: Path | None = None) -> ReferenceReport:
+    """Every chunk's invariants, cache chaining and, where given, agreement with the offline reference.  A chunk
+    that cannot be decoded ends the check with ``format_error`` set (file, line, chunk and field named)."""
     report = ReferenceReport(path=str(ref.path), chunks=len(ref), functional_chunks=[])
+    try:
+        return _check_chunks(contract, ref, report, offline_path)
+    except StreamparityError as e:
+        report.format_error = str(e)
+        return report
+
+
+def _check_chunks(contract: Contract, ref: ReferenceFile, report: ReferenceReport,
+                  offline_path: Path | None) -> ReferenceReport:
     feeds = contract.cache_feeds()
     len_in_name = contract.input_by_role(ROLE_CACHE_LEN).name
     len_out_name = contract.output_by_role(ROLE_CACHE_LEN).name
