@@ -290,3 +290,14 @@ def test_contract_with_a_non_finite_tolerance(tmp_path: Path, value: str) -> Non
     bad.write_text(json.dumps(doc).replace('"__X__"', value))
     r = run_cli("check-reference", str(TINY_REFERENCE), "--contract", str(bad), "--no-bench")
     assert_clean_error(r, str(bad), "$.tolerances.outputs.fp32.atol", "NaN and Infinity are not valid", code=2)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--only", "["], "argument --only: '[' is not a valid regular expression"),
+    (["--atol", "-1"], "argument --atol: '-1' must be a finite number >= 0"),
+    (["--rtol", "nan"], "argument --rtol: 'nan' must be a finite number >= 0"),
+    (["--only", "zzz_matches_nothing"], "--only 'zzz_matches_nothing' matches none of the model's"),
+], ids=["bad-regex", "negative-atol", "nan-rtol", "regex-matching-nothing"])
+def test_bisect_bad_arguments(args: list[str], needle: str) -> None:
+    r = run_cli("bisect", "--chunk", "1", *args)
+    assert_clean_error(r, needle, code=2)

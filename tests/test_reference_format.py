@@ -139,3 +139,18 @@ def test_line_scanner_offsets_any_block_size(tmp_path, block_size):
         assert complete == line.endswith(b"\n")
         offset += len(line)
     assert [g[0] for g in got] == [1, 2, 3, 4]
+
+
+def test_plain_float_lists_read_as_float32(tmp_path):
+    """A foreign writer's plain lists: floats become float32 (what the contract and NeMo's export use), not
+    float64, so a reference of plain lists passes the contract's dtype checks; values float32 cannot hold
+    are refused instead of becoming inf."""
+    from streamparity.fastjsonl import parse_chunk_line
+
+    line = json.dumps({"chunk": 0, "meta": {}, "inputs": {"x": [[0.5, -1.25], [3.0, 1e-3]], "n": [2]},
+                       "outputs": {}}).encode()
+    ins, _ = parse_chunk_line(line, file="f.jsonl", line_no=2, chunk=0)
+    assert ins["x"].dtype == np.float32 and ins["x"].shape == (2, 2) and ins["n"].dtype == np.int64
+    big = json.dumps({"chunk": 0, "meta": {}, "inputs": {"x": [1e300]}, "outputs": {}}).encode()
+    with pytest.raises(ReferenceFormatError, match=r"f.jsonl:2, chunk 0, field 'inputs.x': .*float32's range"):
+        parse_chunk_line(big, file="f.jsonl", line_no=2, chunk=0)

@@ -129,6 +129,9 @@ def instrument(onnx_path: Path, *, only: str | None = None,
     existing = {o.name for o in model.graph.output}
     pat = re.compile(only) if only else None
     marked = [t for t in tensors if t[0] not in existing and (pat is None or pat.search(t[0]) or pat.search(t[1]))]
+    if pat is not None and not marked:
+        raise ModelMismatch(f"--only {only!r} matches none of the model's {len(tensors)} intermediate tensors or "
+                            "their nodes", file=str(onnx_path), field="--only")
     unmarked: set[str] = set()
     if float_only:
         try:

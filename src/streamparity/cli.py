@@ -36,6 +36,30 @@ def existing_file(text: str) -> Path:
     return p
 
 
+def regex(text: str) -> str:
+    """An argparse type: a valid regular expression."""
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid regular expression ({e})") from None
+    return text
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamparity", description=__doc__)
     parser.add_argument("--traceback", action="store_true", help="show Python tracebacks on errors (default: off)")

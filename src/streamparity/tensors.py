@@ -1,4 +1,7 @@
-"""Tensor codec for the reference JSONL: ``{dtype, shape, data_b64}`` (raw little-endian) or nested lists."""
+"""Tensor codec for the reference JSONL: ``{dtype, shape, data_b64}`` (raw little-endian) or nested lists.
+
+A plain nested list carries no dtype: floating-point values are read as float32 and integers as int64, the
+types NeMo's ONNX export uses.  Anything else needs the ``{dtype, shape, data_b64}`` (or ``data``) form."""
 
 from __future__ import annotations
 
@@ -48,6 +51,14 @@ def decode_tensor(obj: Any, *, file: str, line: int | None, chunk: int | None, f
             raise fail("ragged nested list is not a tensor") from None
         if arr.dtype.kind not in "fiub":
             raise fail(f"nested list holds non-numeric values ({arr.dtype})")
+        if arr.dtype.kind == "f":
+            # a plain list carries no dtype: floats are float32 (as NeMo exports them), integers int64
+            with np.errstate(over="ignore"):
+                f32 = arr.astype(np.float32)
+            if not np.array_equal(np.isfinite(f32), np.isfinite(arr)):
+                raise fail("nested list holds values outside float32's range; give the tensor as "
+                           "{dtype, shape, data_b64} to keep another dtype")
+            return f32
         return arr
     if not isinstance(obj, Mapping):
         raise fail(f"expected a tensor object or a list, got {type(obj).__name__}")

@@ -28,7 +28,7 @@ from ..reference import ReferenceFile
 def register(sub: Any) -> None:
     p = sub.add_parser("bisect", help="first divergent intermediate tensor, candidate vs ORT FP32",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from ..cli import existing_file
+    from ..cli import existing_file, non_negative_float, regex
 
     p.add_argument("bundle", nargs="?", type=existing_file, default=None, metavar="BUNDLE",
                    help="failure bundle (.npz) giving the chunk's inputs, contract, model and backend")
@@ -45,12 +45,12 @@ def register(sub: Any) -> None:
                    help="reference JSONL for --chunk (default: the contract's)")
     p.add_argument("--chunk", type=int, default=None, metavar="K",
                    help="take the inputs of reference chunk K (functional mode) instead of a bundle")
-    p.add_argument("--atol", type=float, default=None, metavar="X",
+    p.add_argument("--atol", type=non_negative_float, default=None, metavar="X",
                    help="absolute threshold (default: the contract's atol for the encoded output at the candidate's "
                         "precision)")
-    p.add_argument("--rtol", type=float, default=None, metavar="X",
+    p.add_argument("--rtol", type=non_negative_float, default=None, metavar="X",
                    help="threshold relative to max|baseline| of each tensor (default: the contract's rtol)")
-    p.add_argument("--only", default=None, metavar="REGEX",
+    p.add_argument("--only", type=regex, default=None, metavar="REGEX",
                    help="mark only tensors or nodes matching REGEX (fewer marked outputs disturb fusion less)")
     p.add_argument("--context", type=int, default=5, metavar="N",
                    help="agreeing tensors to show before the first divergent one (default: 5)")
