@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -154,3 +155,17 @@ def test_plain_float_lists_read_as_float32(tmp_path):
     big = json.dumps({"chunk": 0, "meta": {}, "inputs": {"x": [1e300]}, "outputs": {}}).encode()
     with pytest.raises(ReferenceFormatError, match=r"f.jsonl:2, chunk 0, field 'inputs.x': .*float32's range"):
         parse_chunk_line(big, file="f.jsonl", line_no=2, chunk=0)
+
+
+@pytest.mark.parametrize(("old", "new", "needle"), [
+    (b'"streamparity_reference": 1', b'"streamparity_reference": 99', "format version 99 is not one"),
+    (b'"num_chunks": 5', b'"num_chunks": "five"', "num_chunks must be a non-negative integer, got 'five'"),
+    (b'{"chunk": 2,', b'{"chunk": "2",', "field 'chunk': chunk id must be an integer, got \"2\""),
+], ids=["header-version", "header-num-chunks", "chunk-id-string"])
+def test_header_and_chunk_id_are_validated(tmp_path, old, new, needle):
+    p = _write(tmp_path / "r.jsonl")
+    data = p.read_bytes()
+    assert old in data, data[:300]
+    p.write_bytes(data.replace(old, new, 1))
+    with pytest.raises(ReferenceFormatError, match=re.escape(needle)):
+        ReferenceFile(p, use_sidecar=False)

@@ -87,10 +87,13 @@ def _meta_from_prefix(head: bytes, file: str, lineno: int) -> tuple[int, dict[st
     pos = head.find(_META_KEY, 0, 4096)
     if not (head.startswith(b'{"chunk":') and pos > 0):
         return None
+    raw = head[9:pos].strip().rstrip(b",").strip()
     try:
-        chunk = int(head[9:pos].strip().rstrip(b",").strip())
-    except ValueError as e:
-        raise ReferenceFormatError(f"malformed chunk prefix ({e})", file=file, line=lineno) from None
+        chunk = int(raw)
+    except ValueError:
+        shown = raw[:40].decode("utf-8", "replace")
+        raise ReferenceFormatError(f"chunk id must be an integer, got {shown}", file=file, line=lineno,
+                                   field="chunk") from None
     try:
         # the prefix may end inside a multi-byte character; meta itself lies well before that
         meta, _ = json.JSONDecoder().raw_decode(head[pos + len(_META_KEY):].decode("utf-8", "ignore").lstrip())
@@ -99,6 +102,17 @@ def _meta_from_prefix(head: bytes, file: str, lineno: int) -> tuple[int, dict[st
     if not isinstance(meta, dict):
         raise ReferenceFormatError("meta must be an object", file=file, line=lineno, chunk=chunk, field="meta")
     return chunk, meta
+
+
+def _check_header(header: Mapping[str, Any], file: str, lineno: int) -> None:
+    version = header.get("streamparity_reference")
+    if version != FORMAT_VERSION:
+        raise ReferenceFormatError(f"reference format version {version!r} is not one this streamparity reads "
+                                   f"({FORMAT_VERSION})", file=file, line=lineno, field="streamparity_reference")
+    n = header.get("num_chunks")
+    if n is not None and (type(n) is not int or n < 0):
+        raise ReferenceFormatError(f"num_chunks must be a non-negative integer, got {n!r}", file=file,
+                                   line=lineno, field="num_chunks")
 
 
 def _meta_only(line: bytes, file: str, lineno: int) -> tuple[int | None, dict[str, Any], bool]:
@@ -240,6 +254,7 @@ class ReferenceFile:
                 if is_header:
                     if self.entries or self.header:
                         raise ReferenceFormatError("header must be the first line", file=file, line=lineno)
+                    _check_header(meta, file, lineno)
                     self.header = meta
                 elif chunk is not None:
                     if chunk in self._by_chunk:
