@@ -28,6 +28,7 @@ class RunRow:
     step_ms: list[float] = field(default_factory=list)
     placements: dict[str, int] = field(default_factory=dict)
     violations: list[tuple[int, str]] = field(default_factory=list)
+    failed_chunks: list[int] = field(default_factory=list)
     """(chunk, first message) of every chunk with contract-invariant violations or a run error."""
     gates: list[dict[str, Any]] = field(default_factory=list)
     gate_outcome: str | None = None
@@ -45,6 +46,10 @@ class RunRow:
         if self.warned:
             return "WARN"
         return "PASS"
+
+
+_LEFT = 74
+"""Width of the run columns of the summary table (backend .. 1st fail), blank on an output's continuation line."""
 
 
 class SummaryCollector:
@@ -79,18 +84,21 @@ class SummaryCollector:
                 continue
             row.chunks += 1
             v = p["verdict"]
+            k = int(p["chunk"])
             if v == "fail" or outcome == "failed":
                 row.failed += 1
+                row.failed_chunks.append(k)
             elif v == "warn":
                 row.warned += 1
             else:
                 row.passed += 1
-            k = int(p["chunk"])
             for out, m in p.get("metrics", {}).items():
                 row.series[out][k] = m["max_abs"]
                 ov = m.get("verdict", "pass")
                 row.output_verdicts[out][ov] = row.output_verdicts[out].get(ov, 0) + 1
-                if out not in row.worst or not m["max_abs"] <= row.worst[out][0]:
+                # the largest error; among equal ones the earliest chunk (the same under xdist as serially)
+                if out not in row.worst or not m["max_abs"] <= row.worst[out][0] or \
+                        (m["max_abs"] == row.worst[out][0] and k < row.worst[out][1]):
                     row.worst[out] = (m["max_abs"], k)
             if p.get("cache_len_out"):
                 row.cache_len[k] = int(p["cache_len_out"][0])
@@ -105,14 +113,16 @@ class SummaryCollector:
 
     def table_lines(self) -> list[str]:
         rows = self.rows()
-        head = f"{'backend':<16} {'mode':<12} {'verdict':<7} {'chunks':>6} {'pass':>5} {'warn':>5} {'fail':>5}  " \
+        head = f"{'backend':<16} {'mode':<12} {'verdict':<7} {'chunks':>6} {'pass':>5} {'warn':>5} {'fail':>5} " \
+               f"{'1st fail':>8}  " \
                f"{'output':<26} {'worst max_abs':>13} {'@chunk':>6} {'p95':>9}"
         lines = [head, "-" * len(head)]
         for r in rows:
             outs = sorted(r.worst) or ["-"]
             for i, out in enumerate(outs):
+                first = str(min(r.failed_chunks)) if r.failed_chunks else "-"
                 left = (f"{r.backend:<16} {r.mode:<12} {r.verdict:<7} {r.chunks:>6} {r.passed:>5} {r.warned:>5} "
-                        f"{r.failed:>5}  ") if i == 0 else " " * 65
+                        f"{r.failed:>5} {first:>8}  ") if i == 0 else " " * _LEFT
                 if out == "-":
                     reason = f"skipped: {r.skip_reason}" if r.skip_reason else ""
                     lines.append(left + reason)
@@ -123,7 +133,7 @@ class SummaryCollector:
                 lines.append(left + f"{out:<26} {worst:>13.3g} {at:>6} {p95:>9.3g}")
             if r.violations:
                 first_chunk, first = min(r.violations)
-                lines.append(" " * 65 + f"{'contract invariants':<26} {len(r.violations)} chunk(s) violate, first "
+                lines.append(" " * _LEFT + f"{'contract invariants':<26} {len(r.violations)} chunk(s) violate, first "
                              f"@chunk {first_chunk}: {first}")
         return lines
 
@@ -146,6 +156,7 @@ class SummaryCollector:
             runs.append({
                 "backend": r.backend, "mode": r.mode, "verdict": r.verdict, "chunks": r.chunks,
                 "passed": r.passed, "warned": r.warned, "failed": r.failed, "skipped": r.skipped,
+                "first_failed_chunk": min(r.failed_chunks) if r.failed_chunks else None,
                 "skip_reason": r.skip_reason,
                 "pass_rate": r.passed / r.chunks if r.chunks else None,
                 "outputs": outputs, "gates": r.gates, "gate_outcome": r.gate_outcome,
