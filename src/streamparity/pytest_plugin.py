@@ -287,6 +287,20 @@ def ort_fp32(parity: ParitySession) -> Iterator[Any]:
     yield _backend_or_skip(parity, "ort-cpu-fp32")
 
 
+def _gate_meaning(check: str) -> str:
+    """What a run-level gate check measures, for its failure line."""
+    if check == "p95":
+        return "P95 over the chunks of the per-chunk max |error| (contract p95_max_abs)"
+    if check == "p99":
+        return "P99 over the chunks of the per-chunk max |error| (contract p99_max_abs)"
+    if check == "pass_fraction":
+        return "share of chunks within the warn level (contract min_pass_fraction)"
+    if check.startswith("vs_"):
+        return ("P95 error against the reference may be at most gates.vs_baseline_factor x that of ONNX Runtime "
+                "CPU at the same precision (plus the contract's noise floor)")
+    return "contract gate"
+
+
 def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | None) -> str:
     """A pytest command line that reruns just this case from the directory pytest was started in: the node
     id made relative to that directory, and every option that changes what is judged.  A per-chunk case
@@ -501,8 +515,10 @@ def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: Ba
         for g, k in failed:
             c = g.checks[k]
             extra = f" (baseline p95 {c['baseline_p95']:.3g})" if "baseline_p95" in c else ""
-            reason = session.contract.tolerance(g.output, spec.precision).reason
-            lines.append(f"  {g.output}: {k} = {c['value']:.4g}, limit {c['limit']:.4g}{extra} -- {reason}")
+            lines.append(f"  {g.output}: {k} = {c['value']:.4g}, limit {c['limit']:.4g}{extra} -- {_gate_meaning(k)}")
+        for out in dict.fromkeys(g.output for g, _ in failed):
+            lines.append(f"  {out} tolerance ({spec.precision}): "
+                         f"{session.contract.tolerance(out, spec.precision).reason}")
         lines.append(_repro(request.config, request.node.nodeid, spec, None))
         pytest.fail("\n".join(lines), pytrace=False)
 
