@@ -183,14 +183,30 @@ def _corrupt_undeserializable(e: ec.CacheEntry) -> None:
     e.manifest_path.write_text(json.dumps(m), "utf-8")
 
 
+def _corrupt_manifest_not_object(e: ec.CacheEntry) -> None:
+    e.manifest_path.write_text("[1, 2, 3]", "utf-8")
+
+
+def _corrupt_manifest_key(e: ec.CacheEntry) -> None:
+    """A manifest copied from another entry (or edited): its key is not the one the file name stands for."""
+    import json
+
+    m = json.loads(e.manifest_path.read_text("utf-8"))
+    m["key"] = "0" * 64
+    e.manifest_path.write_text(json.dumps(m), "utf-8")
+
+
 @pytest.mark.parametrize(("corrupt", "reason"), [
+    (_corrupt_manifest_not_object, "manifest is not a JSON object"),
+    (_corrupt_manifest_key, "manifest key 0000000000000000... differs"),
     (_corrupt_truncate, "truncated"),
     (_corrupt_flip, "sha256"),
     (_corrupt_no_manifest, "manifest is missing"),
     (_corrupt_garbage_manifest, "manifest is unreadable"),
     (_corrupt_no_plan, "plan file is missing"),
     (_corrupt_undeserializable, "does not load"),
-], ids=["truncated", "flipped-byte", "no-manifest", "garbage-manifest", "no-plan", "undeserializable"])
+], ids=["manifest-not-object", "manifest-wrong-key", "truncated", "flipped-byte", "no-manifest", "garbage-manifest",
+        "no-plan", "undeserializable"])
 def test_corrupt_entry_is_detected_and_rebuilt(tmp_path: Path, onnx_file: Path,
                                                caplog: pytest.LogCaptureFixture,
                                                corrupt: Callable[[ec.CacheEntry], None], reason: str) -> None:
