@@ -326,6 +326,13 @@ def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | N
         args.append(f"--chunks={selection.text}")
     if opt.fail_on_warn:
         args.append("--fail-on-warn")
+    # plugins the run loaded with -p (e.g. a backend registered by a test plugin) are needed to rerun it
+    given = list(config.invocation_params.args)
+    for i, a in enumerate(given):
+        name = a[2:] if a.startswith("-p") and len(a) > 2 else \
+            given[i + 1] if a == "-p" and i + 1 < len(given) else None
+        if name and not name.startswith("no:"):
+            args += ["-p", name]
     args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
     return "repro: " + shlex.join(args)
 
@@ -631,9 +638,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     raise pytest.UsageError(
         f"streamparity release gate: no baseline to compare with: {which} was not found in the benchmark "
         f"storage {bs.storage}.\n  Save a baseline first (same machine, same benchmark selection), e.g.\n"
-        "    pytest -m benchmark -p no:xdist --benchmark-save=baseline\n"
-        "  then gate a candidate with\n"
-        "    pytest -m benchmark -p no:xdist --onnx CANDIDATE.onnx --benchmark-compare "
+        "    pytest -m benchmark -p no:xdist --backend=ID --benchmark-save=baseline\n"
+        "  then gate a candidate with the same --backend selection\n"
+        "    pytest -m benchmark -p no:xdist --backend=ID --onnx=CANDIDATE.onnx --benchmark-compare "
         "--benchmark-compare-fail=median:50%\n"
         "  (--benchmark-storage must name the same folder in both runs)")
 
