@@ -19,8 +19,6 @@ from typing import Any
 
 from .errors import ModelMismatch
 
-PROTOBUF_LIMIT = 2**31 - 1
-"""Protobuf's message size limit: a model whose tensors pass ~this size must keep them as external data."""
 EXTERNAL_DATA_ABOVE = 1 << 30
 """FP16 copies larger than this (bytes of tensor data) are written with their tensors in a separate file."""
 

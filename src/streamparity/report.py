@@ -165,7 +165,7 @@ class SummaryCollector:
                 "step_ms": {"p50": _pct(r.step_ms, 50), "p95": _pct(r.step_ms, 95), "p99": _pct(r.step_ms, 99)},
                 "placements": dict(sorted(r.placements.items())),
                 "violations": {"chunks": len(r.violations),
-                               "first": ({"chunk": min(r.violations)[0], "message": min(r.violations)[1]}
+                               "first": (dict(zip(("chunk", "message"), min(r.violations), strict=True))
                                          if r.violations else None),
                                "by_chunk": {str(k): m for k, m in sorted(r.violations)[:50]}},
             })
