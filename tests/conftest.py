@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamparity.pytest_plugin import PATH_OPTIONS
+from streamparity.pytest_plugin.plugin import PATH_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONTRACT = ROOT / "contracts" / "tiny-parakeet.contract.json"
@@ -43,6 +43,6 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def tiny_contract():
-    from streamparity.contract import load_contract
+    from streamparity.contract.loading import load_contract
 
     return load_contract(TINY_CONTRACT)

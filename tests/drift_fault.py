@@ -25,10 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from streamparity.backends import registry
-from streamparity.backends.base import Backend
-from streamparity.backends.registry import BackendSpec
-from streamparity.contract import ROLE_CACHE_CHANNEL, Contract
+from streamparity.backends.base import Backend, BackendSpec
+from streamparity.contract.model import ROLE_CACHE_CHANNEL, Contract
 
 DEFAULT_RATE = 5e-7
 """Per-chunk growth of the cache offset: on the tiny model the encoder error grows ~2.8e-7 per chunk and stays
@@ -81,9 +79,6 @@ def _factory(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, 
     return DriftBackend(inner, float(os.environ.get("STREAMPARITY_DRIFT_RATE", DEFAULT_RATE)))
 
 
-def register() -> None:
-    registry.FACTORIES.setdefault("drift", _factory)
-
-
-# loaded with ``-p tests.drift_fault``: register before the command line (``--backend drift-cpu-fp32``) is parsed
-register()
+def pytest_streamparity_backends(register: Any) -> None:
+    """Loaded with ``-p tests.drift_fault``: the plugin hook adds the ``drift`` kind (``--backend drift-cpu-fp32``)."""
+    register("drift", _factory)

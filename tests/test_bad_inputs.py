@@ -48,14 +48,14 @@ def make_reference(path: Path, mutate: Mutation | None = None, *, raw: Callable[
 
 
 def _tensor(a: np.ndarray) -> dict[str, Any]:
-    from streamparity.tensors import encode_tensor
+    from streamparity.reference.tensors import encode_tensor
 
     return encode_tensor(a)
 
 
 def _set(section: str, name: str, fn: Callable[[np.ndarray], Any]) -> Mutation:
     def mutate(obj: dict[str, Any]) -> None:
-        from streamparity.tensors import decode_tensor
+        from streamparity.reference.tensors import decode_tensor
 
         a = np.array(decode_tensor(obj[section][name], file="", line=0, chunk=0, field=""))
         obj[section][name] = fn(a)
@@ -168,7 +168,7 @@ def test_parity_run_rejects(tmp_path: Path, case: str, how: dict[str, Any], need
 
 def test_reader_error_names_file_line_chunk_field(tmp_path: Path) -> None:
     from streamparity.errors import ReferenceFormatError
-    from streamparity.reference import ReferenceFile
+    from streamparity.reference.reader import ReferenceFile
 
     bad = _make(tmp_path, CORPUS[7][1])
     ref = ReferenceFile(bad, use_sidecar=False)
@@ -242,8 +242,8 @@ def test_corrupt_engine_cache_file(tmp_path: Path, caplog: pytest.LogCaptureFixt
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Engine caches heal: a corrupt plan is reported (file and reason) and rebuilt; a build that still does not
     load is an EngineCacheError naming the plan file, which the CLI prints without a traceback."""
-    from streamparity import engine_cache as ec
-    from streamparity.cli import main
+    from streamparity.backends.tensorrt import engine_cache as ec
+    from streamparity.cli.main import main
     from streamparity.errors import EngineCacheError
 
     plan_bytes = b"PLAN" + bytes(range(200))
@@ -255,7 +255,7 @@ def test_corrupt_engine_cache_file(tmp_path: Path, caplog: pytest.LogCaptureFixt
     material = {"onnx": "x", "builder": "test", "options": {"precision": "fp16"}}
     e = ec.get_or_build(tmp_path, "enc", material, lambda _t: plan_bytes, verify_fn=verify)
     e.plan_path.write_bytes(plan_bytes[:50])  # truncated on disk
-    with caplog.at_level(logging.WARNING, logger="streamparity.engine_cache"):
+    with caplog.at_level(logging.WARNING, logger="streamparity.backends.tensorrt.engine_cache"):
         again = ec.get_or_build(tmp_path, "enc", material, lambda _t: plan_bytes, verify_fn=verify)
     assert again.built and again.read_plan() == plan_bytes
     msg = " ".join(r.getMessage() for r in caplog.records)

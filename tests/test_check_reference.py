@@ -33,7 +33,7 @@ def test_tiny_reference_report(tmp_path: Path) -> None:
 
 
 def _big_reference(path: Path, chunks: int, floats: int) -> Path:
-    from streamparity.reference import ReferenceWriter
+    from streamparity.reference.writer import ReferenceWriter
 
     rng = np.random.default_rng(0)
     with ReferenceWriter(path, {"contract": "synthetic"}, chunks) as w:

@@ -15,15 +15,17 @@ import json
 import numpy as np
 import pytest
 
-from streamparity import onnx_faults as F
-from streamparity.backends.device_loop import BufferPool, DeviceLoopStream, NumpyOps
+from streamparity.backends.device_loop import BufferPool, DeviceLoopStream
+from streamparity.backends.memory import NumpyOps
 from streamparity.backends.ort import OrtBackend, OrtIOBindingRunner
 from streamparity.backends.registry import parse_backend_spec
-from streamparity.contract import load_contract
-from streamparity.drivers import CLOSED_LOOP, FUNCTIONAL, initial_state
-from streamparity.invariants import check_outputs
-from streamparity.reference import ReferenceFile
+from streamparity.contract.loading import load_contract
+from streamparity.drivers.closed_loop import initial_state
+from streamparity.judging.invariants import check_outputs
+from streamparity.reference.reader import ReferenceFile
+from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL
 from streamparity.session import ParitySession, SessionConfig
+from streamparity.tools import onnx_faults as F
 
 from .conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE
 
@@ -87,7 +89,7 @@ def test_3_the_deployed_loop_moves_no_caches(tiny_contract):
 
 
 def test_4a_a_reference_that_resets_its_cache_is_rejected_before_any_runtime_is_judged(tmp_path, tiny_contract):
-    from streamparity.reference_checks import check_reference
+    from streamparity.reference.checks import check_reference
 
     from .test_reference_rejection import _reset_caches, _rewrite
 
@@ -106,7 +108,7 @@ def test_4b_an_onnx_exported_with_reset_streaming_params_is_refused(tmp_path):
     """NeMo's set_export_config resets the streaming params; an ONNX exported that way keeps the default
     schedule. The generator checks its ONNX against its own reference and refuses it."""
     from streamparity.errors import StreamparityError
-    from streamparity.generate import build_encoder, generate, verify_onnx
+    from streamparity.tools.generator import build_encoder, generate, verify_onnx
 
     cfg = json.loads((ROOT / "fixtures" / "tiny" / "encoder_config.json").read_text())
     cfg["encoder"]["att_context_style"] = "regular"  # its default streaming config differs from ours

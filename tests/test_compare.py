@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamparity.compare import compare_output, describe_failure
-from streamparity.contract import ROLE_CACHE_CHANNEL, load_contract
+from streamparity.contract.loading import load_contract
+from streamparity.contract.model import ROLE_CACHE_CHANNEL
+from streamparity.judging.metrics import compare_output
+from streamparity.judging.wording import describe_failure
 from tests.conftest import TINY_CONTRACT
 
 

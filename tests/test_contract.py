@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamparity.contract import load_contract
+from streamparity.contract.loading import load_contract
 from streamparity.errors import ContractError
 
 from .conftest import ROOT, TINY_CONTRACT

@@ -19,12 +19,13 @@ from streamparity.backends.device_loop import (
     BufferPool,
     DeviceLoopStream,
     HostBackendRunner,
-    NumpyOps,
     pad_left_on_device,
     run_once,
 )
+from streamparity.backends.memory import NumpyOps
 from streamparity.backends.ort import OrtBackend
-from streamparity.contract import Contract, load_contract
+from streamparity.contract.loading import load_contract
+from streamparity.contract.model import Contract
 
 L, F, TC, K, STEP = 2, 4, 6, 3, 2
 
@@ -268,7 +269,7 @@ class _OrtOnTorch:
 def test_torch_ops_loop_equals_host_stream(tmp_path: Path, pad: bool) -> None:
     """The PyTorch device ops (here on the CPU device; CUDA on a GPU host) carry caches like HostStream."""
     pytest.importorskip("torch", reason="PyTorch is not installed")
-    from streamparity.backends.torch_nemo import TorchOps
+    from streamparity.backends.memory import TorchOps
 
     contract, onnx_path = make_tiny_encoder(tmp_path, pad=pad)
     backend = OrtBackend(contract, onnx_path)

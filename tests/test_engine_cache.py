@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamparity import engine_cache as ec
+from streamparity.backends.onnx_models import file_sha256
+from streamparity.backends.tensorrt import engine_cache as ec
 from streamparity.errors import EngineCacheError
-from streamparity.onnx_files import file_sha256
 
 
 def _model(path: Path, scale: float = 1.0) -> Path:
@@ -214,7 +214,7 @@ def test_corrupt_entry_is_detected_and_rebuilt(tmp_path: Path, onnx_file: Path,
     b = Builder(onnx_file)
     first = _get(d, onnx_file, b)
     corrupt(first)
-    with caplog.at_level(logging.WARNING, logger="streamparity.engine_cache"):
+    with caplog.at_level(logging.WARNING, logger="streamparity.backends.tensorrt.engine_cache"):
         again = _get(d, onnx_file, b)
     assert again.built and b.calls == 2
     assert again.plan_path == first.plan_path

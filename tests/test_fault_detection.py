@@ -1,6 +1,6 @@
 """The suite must fail altered models, naming the chunk and the output, and pass the clean one.
 
-Each fault is a real modification of the embedded ONNX (streamparity.onnx_faults), judged by the
+Each fault is a real modification of the embedded ONNX (streamparity.tools.onnx_faults), judged by the
 same session code that `pytest -m parity` uses.
 """
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from streamparity import onnx_faults as F
 from streamparity.backends.registry import parse_backend_spec
-from streamparity.drivers import CLOSED_LOOP, FUNCTIONAL
+from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL
 from streamparity.session import ParitySession, SessionConfig
+from streamparity.tools import onnx_faults as F
 
 from .conftest import TINY_CONTRACT, TINY_ONNX
 

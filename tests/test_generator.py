@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from streamparity.reference import ReferenceFile
+from streamparity.reference.reader import ReferenceFile
 
 from .conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli
 

@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
-from streamparity import engine_cache as ec
-from streamparity import onnx_files
+from streamparity.backends import onnx_models as onnx_files
 from streamparity.backends.ort import OrtBackend
-from streamparity.contract import load_contract
+from streamparity.backends.tensorrt import engine_cache as ec
+from streamparity.contract.loading import load_contract
 from streamparity.errors import ModelMismatch
-from streamparity.reference import ReferenceFile
+from streamparity.reference.reader import ReferenceFile
 from tests.conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE
 
 

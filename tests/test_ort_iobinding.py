@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from streamparity.backends.base import HostStream
-from streamparity.backends.device_loop import BufferPool, DeviceLoopStream, NumpyOps
+from streamparity.backends.device_loop import BufferPool, DeviceLoopStream
+from streamparity.backends.memory import NumpyOps
 from streamparity.backends.ort import OrtBackend, OrtIOBindingRunner
-from streamparity.drivers import initial_state
-from streamparity.reference import ReferenceFile
+from streamparity.drivers.closed_loop import initial_state
+from streamparity.reference.reader import ReferenceFile
 
 from .conftest import TINY_ONNX, TINY_REFERENCE
 

@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from streamparity import onnx_faults as F
+from streamparity.tools import onnx_faults as F
 
 from .conftest import ROOT, TINY_ONNX, run_pytest
 

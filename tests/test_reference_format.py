@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from streamparity.errors import ReferenceFormatError
-from streamparity.reference import ReferenceFile, ReferenceWriter
+from streamparity.reference.reader import ReferenceFile
+from streamparity.reference.writer import ReferenceWriter
 
 
 def _write(path, n=5, **kw):
@@ -127,7 +128,7 @@ def test_writer_refuses_short_files(tmp_path):
 
 @pytest.mark.parametrize("block_size", [1, 7, 64, 1 << 20])
 def test_line_scanner_offsets_any_block_size(tmp_path, block_size):
-    from streamparity.reference import _PREFIX, _scan_lines
+    from streamparity.reference.reader import _PREFIX, _scan_lines
 
     lines = [b'{"a": 1}\n', b"\n", b"x" * (_PREFIX + 10) + b"\n", b"tail-without-newline"]
     p = tmp_path / "lines.jsonl"
@@ -146,7 +147,7 @@ def test_plain_float_lists_read_as_float32(tmp_path):
     """A foreign writer's plain lists: floats become float32 (what the contract and NeMo's export use), not
     float64, so a reference of plain lists passes the contract's dtype checks; values float32 cannot hold
     are refused instead of becoming inf."""
-    from streamparity.fastjsonl import parse_chunk_line
+    from streamparity.reference.fastparse import parse_chunk_line
 
     line = json.dumps({"chunk": 0, "meta": {}, "inputs": {"x": [[0.5, -1.25], [3.0, 1e-3]], "n": [2]},
                        "outputs": {}}).encode()

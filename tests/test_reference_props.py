@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from streamparity.compare import compare_arrays, verdict
-from streamparity.contract import Tolerance
+from streamparity.contract.model import Tolerance
 from streamparity.errors import ReferenceFormatError
-from streamparity.fastjsonl import parse_chunk_json, parse_chunk_line
-from streamparity.reference import ReferenceFile, ReferenceWriter
-from streamparity.tensors import DTYPES
+from streamparity.judging.metrics import compare_arrays, verdict
+from streamparity.reference.fastparse import parse_chunk_json, parse_chunk_line
+from streamparity.reference.reader import ReferenceFile
+from streamparity.reference.tensors import DTYPES
+from streamparity.reference.writer import ReferenceWriter
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from streamparity.errors import ReferenceInvalid
-from streamparity.reference import ReferenceFile, ReferenceWriter
-from streamparity.reference_checks import check_reference, require_valid
+from streamparity.reference.checks import check_reference, require_valid
+from streamparity.reference.reader import ReferenceFile
+from streamparity.reference.writer import ReferenceWriter
 
 from .conftest import TINY_CONTRACT, TINY_REFERENCE, run_cli, run_pytest
 
@@ -91,7 +92,7 @@ def test_generator_with_cache_reset_is_rejected(tmp_path):
                 "--out-dir", str(tmp_path), "--num-chunks", "60", "--functional-chunks", "48",
                 "--inject-fault", "reset-cache", "--no-export")
     assert r.returncode == 0, r.stderr[-2000:]
-    from streamparity.contract import load_contract
+    from streamparity.contract.loading import load_contract
 
     rep = check_reference(load_contract(TINY_CONTRACT), ReferenceFile(tmp_path / "reference.jsonl"),
                           offline_path=tmp_path / "offline.npz")

@@ -113,8 +113,8 @@ def test_slower_model_fails_the_gate(baseline: Path, tmp_path: Path) -> None:
 
     slow = add_dead_work(TINY_ONNX, tmp_path / "slow.onnx")
     # same results, bit for bit, on a real chunk (the extra work is genuine but dead)
-    from streamparity.contract import load_contract
-    from streamparity.reference import ReferenceFile
+    from streamparity.contract.loading import load_contract
+    from streamparity.reference.reader import ReferenceFile
 
     c = load_contract(REPO / "contracts" / "tiny-parakeet.contract.json")
     ref = ReferenceFile(c.resolve("reference"))  # type: ignore[arg-type]

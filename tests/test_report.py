@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamparity import plots
-from streamparity.report_markdown import render, write_markdown_report
+from streamparity.reports import plots
+from streamparity.reports.markdown import render, write_markdown_report
 from tests.conftest import run_pytest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

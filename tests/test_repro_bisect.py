@@ -20,7 +20,7 @@ BROKEN_TENSOR = "/layers.1/feed_forward1/linear2/MatMul_output_0"
 
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    from streamparity import onnx_faults
+    from streamparity.tools import onnx_faults
 
     d = tmp_path_factory.mktemp("broken")
     onnx = onnx_faults.save(onnx_faults.break_node(onnx_faults.load(TINY_ONNX), BROKEN_NODE, 1.5),
@@ -134,10 +134,10 @@ def test_bisect_from_a_reference_chunk(broken_run: tuple[Path, str], tmp_path: P
 def test_bisect_marking_only_float_tensors_still_names_the_broken_tensor(broken_run: tuple[Path, str]) -> None:
     """The TensorRT path of bisect marks floating-point tensors only (integer shape tensors live on the host
     in TensorRT); here it runs through ONNX Runtime, which returns every output it is given."""
-    from streamparity import bisect as bs
     from streamparity.backends.ort import OrtBackend
-    from streamparity.contract import load_contract
-    from streamparity.reference import ReferenceFile
+    from streamparity.contract.loading import load_contract
+    from streamparity.reference.reader import ReferenceFile
+    from streamparity.tools import layer_bisect as bs
 
     onnx, _ = broken_run
     contract = load_contract(TINY_CONTRACT)

@@ -12,10 +12,11 @@ import pytest
 
 from streamparity.backends.base import Backend
 from streamparity.backends.registry import parse_backend_spec
-from streamparity.contract import StabilityGate, Tolerance
-from streamparity.drivers import RunResult, run_closed_loop
+from streamparity.contract.model import StabilityGate, Tolerance
+from streamparity.drivers.closed_loop import run_closed_loop
+from streamparity.judging.stability import StabilityResult, analyze, fit_trend
+from streamparity.results.records import RunResult
 from streamparity.session import ParitySession, SessionConfig
-from streamparity.stability import StabilityResult, analyze, fit_trend
 from tests.drift_fault import DEFAULT_RATE, DriftBackend
 
 REPO = Path(__file__).resolve().parents[1]

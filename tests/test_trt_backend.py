@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamparity.backends.base import Backend, HostStream
+from streamparity.backends.base import Backend, BackendSpec, HostStream
 from streamparity.backends.ort import OrtBackend
-from streamparity.backends.registry import BackendSpec
-from streamparity.backends.tensorrt import build_options, choose_profile, create_trt_backend, profile_table
-from streamparity.contract import Contract
+from streamparity.backends.tensorrt.loader import build_options, profile_table
+from streamparity.backends.tensorrt.runner import choose_profile, create_trt_backend
+from streamparity.contract.model import Contract
 from streamparity.errors import BackendUnavailable
 
 
@@ -32,7 +32,8 @@ def _tiny() -> Any:
 
 def trt_unavailable_reason() -> str | None:
     """Why TensorRT cannot run here, or None."""
-    from streamparity.backends.tensorrt import gpu_count, load_cudart, load_tensorrt
+    from streamparity.backends.memory import gpu_count, load_cudart
+    from streamparity.backends.tensorrt.loader import load_tensorrt
 
     try:
         load_tensorrt()
@@ -199,7 +200,7 @@ def test_second_backend_uses_the_cached_engine(trt_backends: dict[str, Backend],
 @pytest.mark.gpu
 def test_session_engine_fixtures_skip_with_reason_or_run(parity, trt_fp32, ort_fp32):
     """Engines are session fixtures: built (or loaded from the engine cache) once, shared by every test."""
-    from streamparity.compare import compare_output, verdict
+    from streamparity.judging.metrics import compare_output, verdict
 
     rec = parity.reference.read(0)
     out, base = trt_fp32.run(rec.inputs), ort_fp32.run(rec.inputs)
@@ -213,7 +214,7 @@ def test_session_engine_fixtures_skip_with_reason_or_run(parity, trt_fp32, ort_f
 @pytest.mark.gpu
 def test_bisect_on_tensorrt_names_the_broken_tensor(trt_ready: None, tmp_path: Path) -> None:
     """`streamparity bisect --backend trt-...`: an engine of the instrumented model returns every marked tensor."""
-    from streamparity import onnx_faults
+    from streamparity.tools import onnx_faults
     from tests.conftest import TINY_ONNX, run_cli
 
     node = "/layers.1/feed_forward1/linear2/MatMul"

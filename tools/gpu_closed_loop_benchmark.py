@@ -39,13 +39,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from streamparity.backends.base import HostStream, Stream  # noqa: E402
-from streamparity.backends.device_loop import BufferPool  # noqa: E402
-from streamparity.backends.torch_nemo import TorchNemoBackend, TorchOps  # noqa: E402
-from streamparity.compare import compare_output, verdict  # noqa: E402
-from streamparity.contract import ROLE_CACHE_LEN, Contract, load_contract, parse_contract  # noqa: E402
-from streamparity.generate import build_encoder, load_config  # noqa: E402
-from streamparity.reference import ReferenceFile  # noqa: E402
+from streamparity.backends.base import HostStream, Stream
+from streamparity.backends.device_loop import BufferPool
+from streamparity.backends.memory import TorchOps
+from streamparity.backends.torch_nemo import TorchNemoBackend
+from streamparity.contract.loading import load_contract, parse_contract
+from streamparity.contract.model import ROLE_CACHE_LEN, Contract
+from streamparity.judging.metrics import compare_output, verdict
+from streamparity.reference.reader import ReferenceFile
+from streamparity.tools.generator import build_encoder, load_config
 
 TINY_CONTRACT = ROOT / "contracts" / "tiny-parakeet.contract.json"
 TINY_CONFIG = ROOT / "fixtures" / "tiny" / "encoder_config.json"
@@ -243,7 +245,7 @@ def build_on_device(config: dict[str, Any], device: str) -> Any:
     import torch
     from nemo.collections.asr.modules import ConformerEncoder
 
-    from streamparity.generate import apply_streaming
+    from streamparity.tools.generator import apply_streaming
 
     torch.manual_seed(int(config["seed"]))
     with torch.device(device):

@@ -37,13 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from gpu_closed_loop_benchmark import ParityCheck, Run, markdown  # noqa: E402
+from gpu_closed_loop_benchmark import ParityCheck, Run, markdown
 
-from streamparity.backends.base import HostStream, Stream  # noqa: E402
-from streamparity.backends.ort import OrtBackend  # noqa: E402
-from streamparity.contract import ROLE_AUDIO, ROLE_LENGTH, load_contract  # noqa: E402
-from streamparity.drivers import initial_state  # noqa: E402
-from streamparity.reference import ReferenceFile  # noqa: E402
+from streamparity.backends.base import HostStream, Stream
+from streamparity.backends.ort import OrtBackend
+from streamparity.contract.loading import load_contract
+from streamparity.contract.model import ROLE_AUDIO, ROLE_LENGTH
+from streamparity.drivers.closed_loop import initial_state
+from streamparity.reference.reader import ReferenceFile
 
 
 def loop(name: str, mode: str, backend: OrtBackend, initial: dict[str, np.ndarray],
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                              cache_dir=Path(tempfile.gettempdir()))
         meta["providers"] = backend.session.get_providers()
         if args.device == "cuda":
-            from streamparity.devices import gpu_names
+            from streamparity.environment import gpu_names
 
             meta["gpu"] = ", ".join(gpu_names()) or "?"
         for mode in ("host", "device", "device+fetch"):

@@ -12,15 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend
-from .backends.registry import BackendSpec, create_backend, parse_backend_spec
-from .compare import percentile
-from .contract import ROLE_ENCODED, Contract, load_contract
-from .drivers import CLOSED_LOOP, FUNCTIONAL, RunResult, run_closed_loop, run_functional
-from .errors import BackendUnavailable, ModelMismatch, ReferenceInvalid, StreamparityError
-from .reference import ReferenceFile
-from .reference_checks import ReferenceReport, check_reference
-from .selection import ChunkSelection
+from streamparity.backends.base import Backend, BackendSpec
+from streamparity.backends.registry import create_backend, parse_backend_spec
+from streamparity.contract.loading import load_contract
+from streamparity.contract.model import ROLE_ENCODED, Contract
+from streamparity.contract.model_io import check_onnx_file
+from streamparity.drivers.closed_loop import run_closed_loop
+from streamparity.drivers.functional import run_functional
+from streamparity.drivers.selection import ChunkSelection
+from streamparity.errors import BackendUnavailable, ReferenceInvalid, StreamparityError
+from streamparity.judging.metrics import percentile
+from streamparity.reference.checks import ReferenceReport, check_reference
+from streamparity.reference.reader import ReferenceFile
+from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, RunResult
 
 BASELINE = parse_backend_spec("ort-cpu-fp32")
 
@@ -58,33 +62,8 @@ def _require_file(path: Path, what: str, field: str) -> None:
         raise StreamparityError(f"{what} not found", file=str(path), field=field)
 
 
-def check_onnx_file(contract: Contract, path: Path) -> None:
-    """The file must be an ONNX model whose I/O agrees with the contract (weights are not loaded)."""
-    try:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ModelMismatch(f"not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                            file=str(path)) from None
-    if not model.graph.input and not model.graph.output:
-        raise ModelMismatch("not an ONNX model (the graph has no inputs or outputs)", file=str(path))
-
-    class _Node:
-        def __init__(self, vi: Any) -> None:
-            t = vi.type.tensor_type
-            self.name = vi.name
-            self.type = f"tensor({_ONNX_ELEM.get(t.elem_type, str(t.elem_type))})"
-            self.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-
-    inits = {i.name for i in model.graph.initializer}
-    from .backends.ort import check_model_io
-
-    check_model_io(contract, path, [_Node(v) for v in model.graph.input if v.name not in inits],
-                   [_Node(v) for v in model.graph.output])
 
 
-_ONNX_ELEM = {1: "float", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "double"}
 
 
 def load_offline(path: Path) -> None:

@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamparity.backends.base import Stream
-from streamparity.backends.registry import BackendSpec
-from streamparity.contract import ROLE_AUDIO, ROLE_LENGTH, Contract
-from streamparity.devices import gpu_names
-from streamparity.drivers import initial_state
+from streamparity.backends.base import BackendSpec, Stream
+from streamparity.contract.model import ROLE_AUDIO, ROLE_LENGTH, Contract
+from streamparity.drivers.closed_loop import initial_state
+from streamparity.environment import gpu_names
 from streamparity.errors import BackendUnavailable, StreamparityError
-from streamparity.pytest_plugin import PROPERTY
+from streamparity.pytest_plugin.plugin import PROPERTY
 from streamparity.session import ParitySession
 
 pytestmark = pytest.mark.benchmark

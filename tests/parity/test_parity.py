@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamparity.pytest_plugin import judge, judge_gates
+from streamparity.pytest_plugin.plugin import judge, judge_gates
 
 pytestmark = pytest.mark.parity
 
@@ -26,7 +26,7 @@ def test_model_io_matches_contract(parity):
     __tracebackhide__ = True
     import onnxruntime as ort
 
-    from streamparity.backends.ort import check_model_io
+    from streamparity.contract.model_io import check_model_io
     from streamparity.errors import ModelMismatch
 
     sess = ort.InferenceSession(str(parity.onnx), providers=["CPUExecutionProvider"])

@@ -1,7 +1,7 @@
 """Runtimes under test.  Every backend implements :class:`~streamparity.backends.base.Backend`."""
 
-from .base import Backend, HostStream, Stream
-from .registry import BackendSpec, available_kinds, create_backend, parse_backend_spec
+from streamparity.backends.base import Backend, BackendSpec, HostStream, Stream
+from streamparity.backends.registry import available_kinds, create_backend, parse_backend_spec
 
 __all__ = [
     "Backend",

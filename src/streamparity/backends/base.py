@@ -4,11 +4,34 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..contract import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_LEN, ROLE_CACHE_TIME, ROLE_LENGTH, Contract
+from streamparity.contract.model import (
+    ROLE_AUDIO,
+    ROLE_CACHE_CHANNEL,
+    ROLE_CACHE_LEN,
+    ROLE_CACHE_TIME,
+    ROLE_LENGTH,
+    Contract,
+)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    kind: str
+    device: str
+    precision: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.device}-{self.precision}"
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.device == "cuda"
 
 
 class Stream(abc.ABC):

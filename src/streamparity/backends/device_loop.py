@@ -13,13 +13,14 @@ the tests use them to prove the loop equals :class:`~streamparity.backends.base.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from math import prod
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol
 
 import numpy as np
 
-from ..contract import (
+from streamparity.backends.base import Backend, Stream
+from streamparity.backends.memory import B, DeviceOps, DeviceTensor, NumpyOps, Shape, nbytes_of
+from streamparity.contract.model import (
     ROLE_AUDIO,
     ROLE_CACHE_CHANNEL,
     ROLE_CACHE_LEN,
@@ -27,48 +28,13 @@ from ..contract import (
     ROLE_LENGTH,
     Contract,
 )
-from .base import Backend, Stream
 
-B = TypeVar("B")
-Shape = tuple[int, ...]
 BindOutput = Callable[[str, Shape], Any]
 """Called by a runner with an output's name and shape; returns the device buffer to write it to."""
 
 
-class DeviceOps(Protocol[B]):
-    """Byte-buffer operations on one device, ordered on one stream."""
-
-    def alloc(self, nbytes: int) -> B: ...
-
-    def free(self, buf: B) -> None: ...
-
-    def h2d(self, dst: B, src: np.ndarray) -> None:
-        """Copy the contiguous host array `src` to the start of `dst`."""
-        ...
-
-    def d2h(self, src: B, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
-        """A host copy of the first bytes of `src` as an array (waits for the stream)."""
-        ...
-
-    def memset0(self, dst: B, nbytes: int) -> None: ...
-
-    def copy2d(self, dst: B, dst_offset: int, dst_pitch: int, src: B, src_pitch: int, width: int,
-               rows: int) -> None:
-        """Device-to-device copy of `rows` rows of `width` bytes (pitches in bytes, no overlap)."""
-        ...
-
-    def synchronize(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class DeviceTensor(Generic[B]):
-    buf: B
-    shape: Shape
-    dtype: np.dtype[Any]
-
-    @property
-    def nbytes(self) -> int:
-        return prod(self.shape) * self.dtype.itemsize
 
 
 class DeviceRunner(Protocol[B]):
@@ -111,8 +77,6 @@ class BufferPool(Generic[B]):
         self._bufs.clear()
 
 
-def nbytes_of(shape: Shape, dtype: np.dtype[Any]) -> int:
-    return prod(shape) * dtype.itemsize
 
 
 def pad_left_on_device(ops: DeviceOps[B], dst: B, dst_shape: Shape, src: B, src_shape: Shape,
@@ -276,38 +240,6 @@ class DeviceLoopStream(Stream, Generic[B]):
 # -- host reference implementation ------------------------------------------------------------------
 
 
-class NumpyOps:
-    """:class:`DeviceOps` over host byte arrays: the loop's logic, testable without a GPU."""
-
-    def alloc(self, nbytes: int) -> np.ndarray:
-        return np.zeros(nbytes, dtype=np.uint8)
-
-    def free(self, buf: np.ndarray) -> None:
-        pass
-
-    def h2d(self, dst: np.ndarray, src: np.ndarray) -> None:
-        flat = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
-        dst[: flat.size] = flat
-
-    def view(self, buf: np.ndarray, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
-        return buf[: nbytes_of(shape, dtype)].view(dtype).reshape(shape)
-
-    def d2h(self, src: np.ndarray, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
-        return self.view(src, shape, dtype).copy()
-
-    def memset0(self, dst: np.ndarray, nbytes: int) -> None:
-        dst[:nbytes] = 0
-
-    def copy2d(self, dst: np.ndarray, dst_offset: int, dst_pitch: int, src: np.ndarray, src_pitch: int,
-               width: int, rows: int) -> None:
-        if rows == 0 or width == 0:
-            return
-        d = np.lib.stride_tricks.as_strided(dst[dst_offset:], shape=(rows, width), strides=(dst_pitch, 1))
-        s = np.lib.stride_tricks.as_strided(src, shape=(rows, width), strides=(src_pitch, 1))
-        d[...] = s
-
-    def synchronize(self) -> None:
-        pass
 
 
 class HostBackendRunner:

@@ -8,44 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import ROLE_AUDIO, Contract
-from ..errors import BackendUnavailable, ContractError, ModelMismatch
-from ..onnx_files import fp16_variant
-from .base import Backend, Stream
-from .device_loop import BindOutput, BufferPool, DeviceLoopStream, DeviceTensor, Shape
-
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(bool)": "bool",
-}
-
-
-def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outputs: list[Any]) -> None:
-    """The ONNX's I/O names, ranks, static dims and dtypes must agree with the contract."""
-    file = str(onnx_path)
-    got_in = {i.name: i for i in inputs}
-    got_out = {o.name: o for o in outputs}
-    for section, specs, got in (("inputs", contract.inputs, got_in), ("outputs", contract.outputs, got_out)):
-        for spec in specs:
-            if spec.name not in got:
-                raise ModelMismatch(f"model has no {section[:-1]} {spec.name!r} (model {section}: "
-                                    f"{', '.join(got)})", file=file, field=f"{section}.{spec.name}")
-            node = got[spec.name]
-            dtype = _ORT_DTYPES.get(node.type, node.type)
-            if dtype != spec.dtype:
-                raise ModelMismatch(f"{spec.name} is {dtype} in the model, {spec.dtype} in the contract",
-                                    file=file, field=f"{section}.{spec.name}")
-            shape = list(node.shape)
-            if len(shape) != len(spec.shape):
-                raise ModelMismatch(f"{spec.name} has rank {len(shape)} in the model ({shape}), contract says "
-                                    f"{spec.shape_str()}", file=file, field=f"{section}.{spec.name}")
-            for axis, (m, c) in enumerate(zip(shape, spec.shape)):
-                if isinstance(m, int) and isinstance(c, int) and m != c:
-                    raise ModelMismatch(f"{spec.name} dim {axis} is {m} in the model, {c} in the contract",
-                                        file=file, field=f"{section}.{spec.name}")
+from streamparity.backends.base import Backend, Stream
+from streamparity.backends.device_loop import BindOutput, BufferPool, DeviceLoopStream
+from streamparity.backends.memory import DeviceTensor, Shape
+from streamparity.backends.onnx_models import fp16_variant
+from streamparity.contract.model import ROLE_AUDIO, Contract
+from streamparity.contract.model_io import check_model_io
+from streamparity.errors import BackendUnavailable, ContractError, ModelMismatch
 
 
 class OrtBackend(Backend):
@@ -169,7 +138,7 @@ class OrtIOBindingRunner:
 def cuda_ops() -> tuple[Any, Callable[[Any], int]]:
     """Device ops on this worker's GPU: cuda-python when present, else PyTorch."""
     try:
-        from .tensorrt import CudartOps, load_cudart
+        from streamparity.backends.memory import CudartOps, load_cudart
 
         return CudartOps(load_cudart(), _gpu_index()), int
     except (BackendUnavailable, ImportError, RuntimeError):
@@ -177,7 +146,7 @@ def cuda_ops() -> tuple[Any, Callable[[Any], int]]:
     try:
         import torch
 
-        from .torch_nemo import TorchOps
+        from streamparity.backends.memory import TorchOps
     except ImportError:
         raise BackendUnavailable("device-resident ORT CUDA needs cuda-python or PyTorch with CUDA") from None
     if not torch.cuda.is_available():
@@ -186,6 +155,6 @@ def cuda_ops() -> tuple[Any, Callable[[Any], int]]:
 
 
 def _gpu_index() -> int:
-    from ..devices import worker_gpu_index
+    from streamparity.environment import worker_gpu_index
 
     return worker_gpu_index()

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..contract import (
+from streamparity.backends.base import Backend, Stream
+from streamparity.backends.device_loop import BindOutput, BufferPool, DeviceLoopStream, run_once
+from streamparity.backends.memory import DeviceTensor, Shape, TorchOps, _torch_dtype
+from streamparity.contract.model import (
     ROLE_AUDIO,
     ROLE_CACHE_CHANNEL,
     ROLE_CACHE_LEN,
@@ -23,14 +26,12 @@ from ..contract import (
     ROLE_LENGTH,
     Contract,
 )
-from ..errors import BackendUnavailable, StreamparityError
-from .base import Backend, Stream
-from .device_loop import BindOutput, BufferPool, DeviceLoopStream, DeviceTensor, Shape, nbytes_of, run_once
+from streamparity.errors import BackendUnavailable, StreamparityError
 
 if TYPE_CHECKING:
     import torch
 
-    from .registry import BackendSpec
+    from streamparity.backends.base import BackendSpec
 
 
 def _torch() -> Any:
@@ -41,52 +42,8 @@ def _torch() -> Any:
     return torch
 
 
-def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
-    import torch
-
-    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
 
 
-class TorchOps:
-    """:class:`~streamparity.backends.device_loop.DeviceOps` over uint8 torch tensors on one device."""
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        self.torch = torch
-        self.device = torch.device(device)
-
-    def alloc(self, nbytes: int) -> torch.Tensor:
-        return self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.device)
-
-    def free(self, buf: torch.Tensor) -> None:
-        pass  # released with the last reference
-
-    def view(self, buf: torch.Tensor, shape: Shape, dtype: np.dtype[Any]) -> torch.Tensor:
-        return buf[: nbytes_of(shape, dtype)].view(_torch_dtype(dtype)).view(shape)
-
-    def h2d(self, dst: torch.Tensor, src: np.ndarray) -> None:
-        flat = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
-        if not flat.flags.writeable:
-            flat = flat.copy()
-        dst[: flat.size].copy_(self.torch.from_numpy(flat))
-
-    def d2h(self, src: torch.Tensor, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
-        out: np.ndarray = self.view(src, shape, dtype).cpu().numpy()
-        return out
-
-    def memset0(self, dst: torch.Tensor, nbytes: int) -> None:
-        dst[:nbytes].zero_()
-
-    def copy2d(self, dst: torch.Tensor, dst_offset: int, dst_pitch: int, src: torch.Tensor, src_pitch: int,
-               width: int, rows: int) -> None:
-        if rows and width:
-            d = dst.as_strided((rows, width), (dst_pitch, 1), dst.storage_offset() + dst_offset)
-            d.copy_(src.as_strided((rows, width), (src_pitch, 1), src.storage_offset()))
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            self.torch.cuda.synchronize(self.device)
 
 
 class TorchNemoBackend(Backend):
@@ -186,7 +143,7 @@ def create_torch_backend(spec: BackendSpec, contract: Contract, onnx: Path, opts
         if not torch.cuda.is_available():
             raise BackendUnavailable(f"no CUDA GPU for PyTorch (torch {torch.__version__}, "
                                      f"built for CUDA {torch.version.cuda or 'none'})")
-        from ..devices import worker_gpu_index
+        from streamparity.environment import worker_gpu_index
 
         device = f"cuda:{int(opts.get('gpu_index', worker_gpu_index())) % torch.cuda.device_count()}"
         if contract.build.fp32_disable_tf32:
@@ -200,9 +157,9 @@ def create_torch_backend(spec: BackendSpec, contract: Contract, onnx: Path, opts
     if config_path is None:
         raise BackendUnavailable(f"contract {contract.path} has no model.nemo_config to rebuild the encoder from")
     try:
-        from ..generate import build_encoder, load_config
+        from streamparity.tools.generator import build_encoder, load_config
     except ImportError as e:
-        raise BackendUnavailable(f"streamparity.generate is unavailable ({e})") from None
+        raise BackendUnavailable(f"streamparity.tools.generator is unavailable ({e})") from None
     try:
         import nemo  # noqa: F401
     except ImportError as e:

@@ -1,0 +1,238 @@
+"""The device-memory layer every GPU backend imports: byte-buffer operations on one device (host numpy,
+cuda-python's runtime, PyTorch), the tensors that live in them, and their sizes."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from math import prod
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from streamparity.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    import torch
+
+B = TypeVar("B")
+
+Shape = tuple[int, ...]
+
+class DeviceOps(Protocol[B]):
+    """Byte-buffer operations on one device, ordered on one stream."""
+
+    def alloc(self, nbytes: int) -> B: ...
+
+    def free(self, buf: B) -> None: ...
+
+    def h2d(self, dst: B, src: np.ndarray) -> None:
+        """Copy the contiguous host array `src` to the start of `dst`."""
+        ...
+
+    def d2h(self, src: B, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        """A host copy of the first bytes of `src` as an array (waits for the stream)."""
+        ...
+
+    def memset0(self, dst: B, nbytes: int) -> None: ...
+
+    def copy2d(self, dst: B, dst_offset: int, dst_pitch: int, src: B, src_pitch: int, width: int,
+               rows: int) -> None:
+        """Device-to-device copy of `rows` rows of `width` bytes (pitches in bytes, no overlap)."""
+        ...
+
+    def synchronize(self) -> None: ...
+
+@dataclass(frozen=True)
+class DeviceTensor(Generic[B]):
+    buf: B
+    shape: Shape
+    dtype: np.dtype[Any]
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * self.dtype.itemsize
+
+def nbytes_of(shape: Shape, dtype: np.dtype[Any]) -> int:
+    return prod(shape) * dtype.itemsize
+
+
+class NumpyOps:
+    """:class:`DeviceOps` over host byte arrays: the loop's logic, testable without a GPU."""
+
+    def alloc(self, nbytes: int) -> np.ndarray:
+        return np.zeros(nbytes, dtype=np.uint8)
+
+    def free(self, buf: np.ndarray) -> None:
+        pass
+
+    def h2d(self, dst: np.ndarray, src: np.ndarray) -> None:
+        flat = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
+        dst[: flat.size] = flat
+
+    def view(self, buf: np.ndarray, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        return buf[: nbytes_of(shape, dtype)].view(dtype).reshape(shape)
+
+    def d2h(self, src: np.ndarray, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        return self.view(src, shape, dtype).copy()
+
+    def memset0(self, dst: np.ndarray, nbytes: int) -> None:
+        dst[:nbytes] = 0
+
+    def copy2d(self, dst: np.ndarray, dst_offset: int, dst_pitch: int, src: np.ndarray, src_pitch: int,
+               width: int, rows: int) -> None:
+        if rows == 0 or width == 0:
+            return
+        d = np.lib.stride_tricks.as_strided(dst[dst_offset:], shape=(rows, width), strides=(dst_pitch, 1))
+        s = np.lib.stride_tricks.as_strided(src, shape=(rows, width), strides=(src_pitch, 1))
+        d[...] = s
+
+    def synchronize(self) -> None:
+        pass
+
+
+def load_cudart() -> Any:
+    """cuda-python's runtime bindings, or BackendUnavailable."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise BackendUnavailable("cuda-python is not installed (pip install cuda-python); the TensorRT backend "
+                             "uses it for device memory and streams")
+
+
+def _cuda_call(rt: Any, result: Any, what: str) -> Any:
+    """Unpack a cuda-python (err, value...) tuple; raise RuntimeError naming the call on error."""
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        _, text = rt.cudaGetErrorString(err)
+        msg = text.decode() if isinstance(text, bytes) else str(text)
+        raise RuntimeError(f"{what} failed: {getattr(err, 'name', err)}: {msg}")
+    if not rest:
+        return None
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+def gpu_count(rt: Any) -> tuple[int, str]:
+    err, count = rt.cudaGetDeviceCount()
+    if err != rt.cudaError_t.cudaSuccess:
+        _, text = rt.cudaGetErrorString(err)
+        return 0, text.decode() if isinstance(text, bytes) else str(text)
+    return int(count), ""
+
+
+class CudartOps:
+    """:class:`~streamparity.backends.memory.DeviceOps` on one GPU and one CUDA stream."""
+
+    def __init__(self, rt: Any, device: int) -> None:
+        self.rt = rt
+        self.device = device
+        _cuda_call(rt, rt.cudaSetDevice(device), f"cudaSetDevice({device})")
+        self.stream = _cuda_call(rt, rt.cudaStreamCreate(), "cudaStreamCreate")
+        self.handle = int(self.stream)
+        self._kind = rt.cudaMemcpyKind
+
+    def alloc(self, nbytes: int) -> int:
+        return int(_cuda_call(self.rt, self.rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
+
+    def free(self, buf: int) -> None:
+        _cuda_call(self.rt, self.rt.cudaFree(buf), "cudaFree")
+
+    def h2d(self, dst: int, src: np.ndarray) -> None:
+        a = np.ascontiguousarray(src)
+        _cuda_call(self.rt, self.rt.cudaMemcpyAsync(dst, a.ctypes.data, a.nbytes, self._kind.cudaMemcpyHostToDevice,
+                                                    self.stream), "cudaMemcpyAsync(H2D)")
+        # pageable source: the call returns once the bytes are staged, so `a` may be freed afterwards
+
+    def d2h(self, src: int, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)
+        if out.nbytes:
+            _cuda_call(self.rt, self.rt.cudaMemcpyAsync(out.ctypes.data, src, out.nbytes,
+                                                        self._kind.cudaMemcpyDeviceToHost, self.stream),
+                       "cudaMemcpyAsync(D2H)")
+        self.synchronize()
+        return out
+
+    def memset0(self, dst: int, nbytes: int) -> None:
+        if nbytes:
+            _cuda_call(self.rt, self.rt.cudaMemsetAsync(dst, 0, nbytes, self.stream), "cudaMemsetAsync")
+
+    def copy2d(self, dst: int, dst_offset: int, dst_pitch: int, src: int, src_pitch: int, width: int,
+               rows: int) -> None:
+        if rows and width:
+            _cuda_call(self.rt, self.rt.cudaMemcpy2DAsync(dst + dst_offset, dst_pitch, src, src_pitch, width, rows,
+                                                          self._kind.cudaMemcpyDeviceToDevice, self.stream),
+                       "cudaMemcpy2DAsync(D2D)")
+
+    def synchronize(self) -> None:
+        _cuda_call(self.rt, self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    def gpu(self) -> tuple[str, str]:
+        """(GPU name, compute capability 'major.minor')."""
+        prop = _cuda_call(self.rt, self.rt.cudaGetDeviceProperties(self.device), "cudaGetDeviceProperties")
+        raw = prop.name
+        name = raw.split(b"\0", 1)[0].decode() if isinstance(raw, bytes) else str(raw)
+        return name.strip(), f"{prop.major}.{prop.minor}"
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.rt.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise BackendUnavailable(f"PyTorch is not installed ({e}); pip install 'streamparity[nemo]'") from None
+    return torch
+
+
+def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
+    import torch
+
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+
+
+class TorchOps:
+    """:class:`~streamparity.backends.memory.DeviceOps` over uint8 torch tensors on one device."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+
+    def alloc(self, nbytes: int) -> torch.Tensor:
+        return self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.device)
+
+    def free(self, buf: torch.Tensor) -> None:
+        pass  # released with the last reference
+
+    def view(self, buf: torch.Tensor, shape: Shape, dtype: np.dtype[Any]) -> torch.Tensor:
+        return buf[: nbytes_of(shape, dtype)].view(_torch_dtype(dtype)).view(shape)
+
+    def h2d(self, dst: torch.Tensor, src: np.ndarray) -> None:
+        flat = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
+        if not flat.flags.writeable:
+            flat = flat.copy()
+        dst[: flat.size].copy_(self.torch.from_numpy(flat))
+
+    def d2h(self, src: torch.Tensor, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        out: np.ndarray = self.view(src, shape, dtype).cpu().numpy()
+        return out
+
+    def memset0(self, dst: torch.Tensor, nbytes: int) -> None:
+        dst[:nbytes].zero_()
+
+    def copy2d(self, dst: torch.Tensor, dst_offset: int, dst_pitch: int, src: torch.Tensor, src_pitch: int,
+               width: int, rows: int) -> None:
+        if rows and width:
+            d = dst.as_strided((rows, width), (dst_pitch, 1), dst.storage_offset() + dst_offset)
+            d.copy_(src.as_strided((rows, width), (src_pitch, 1), src.storage_offset()))
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+

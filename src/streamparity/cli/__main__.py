@@ -1,0 +1,5 @@
+"""python -m streamparity.cli"""
+
+from streamparity.cli.main import main
+
+raise SystemExit(main())

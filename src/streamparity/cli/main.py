@@ -1,0 +1,61 @@
+"""Console script ``streamparity``: make-reference, check-reference, repro, bisect."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from streamparity.errors import BackendUnavailable, StreamparityError
+
+# Each command module exposes ``register(subparsers)`` and sets ``func`` on its parser.
+COMMAND_MODULES = (
+    "streamparity.cli.cmd_make_reference",
+    "streamparity.cli.cmd_check_reference",
+    "streamparity.cli.cmd_repro",
+    "streamparity.cli.cmd_bisect",
+)
+
+
+
+
+
+
+
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamparity", description=__doc__)
+    parser.add_argument("--traceback", action="store_true", help="show Python tracebacks on errors (default: off)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (StreamparityError, BackendUnavailable) as e:
+        if args.traceback:
+            raise
+        print(f"streamparity {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"streamparity {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

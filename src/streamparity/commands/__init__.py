@@ -1,1 +1,0 @@
-"""Subcommands of the ``streamparity`` console script, one module each."""

@@ -1,0 +1,86 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from streamparity.backends.base import Backend
+from streamparity.contract.model import (
+    ROLE_AUDIO,
+    ROLE_CACHE_CHANNEL,
+    ROLE_CACHE_LEN,
+    ROLE_CACHE_TIME,
+    ROLE_LENGTH,
+    Contract,
+)
+from streamparity.judging.chunks import judge_chunk
+from streamparity.reference.reader import ChunkRecord, ReferenceFile
+from streamparity.results.records import CLOSED_LOOP, ChunkResult, RunResult
+
+
+def initial_state(contract: Contract, first: ChunkRecord) -> dict[str, np.ndarray]:
+    """Caches for chunk 0: the reference's own where it stores them, else zeros from the contract shapes."""
+    state: dict[str, np.ndarray] = {}
+    audio = first.inputs[contract.input_by_role(ROLE_AUDIO).name]
+    bind = {"B": int(audio.shape[0])}
+    for role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN):
+        spec = contract.input_by_role(role)
+        if spec.name in first.inputs:
+            state[spec.name] = np.asarray(first.inputs[spec.name])
+        else:
+            shape = contract.concrete_shape(spec, {**bind, "T_cache": contract.streaming.cache_channel_size})
+            fill = contract.streaming.cache_len.initial if role == ROLE_CACHE_LEN else 0
+            state[spec.name] = np.full(shape, fill, dtype=spec.dtype)
+    return state
+
+
+
+def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *, upto: int | None = None,
+                    keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None) -> RunResult:
+    """The backend's own caches fed back from chunk 0 through `upto` (default: the whole reference)."""
+    t0 = time.perf_counter()
+    ids = ref.chunk_ids
+    if upto is not None:
+        ids = [k for k in ids if k <= upto]
+    audio_name = contract.input_by_role(ROLE_AUDIO).name
+    length_name = contract.input_by_role(ROLE_LENGTH).name
+    first, last = ref.read(ids[0]), ids[-1]
+    stream = backend.open_stream(initial_state(contract, first), fetch_caches=True)
+    results: list[ChunkResult] = []
+    broken: str | None = None
+    try:
+        for pos, rec in enumerate(ref):
+            if rec.chunk > last:  # chunks are consecutive (the index enforces it)
+                break
+            if broken:
+                results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
+                                           precision=backend.precision, error=broken))
+                continue
+            snapshot = stream.state_snapshot() if keep_bundles else {}
+            ts = time.perf_counter()
+            try:
+                out = stream.step(rec.inputs[audio_name], rec.inputs[length_name])
+            except Exception as e:
+                broken = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
+                results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
+                                           precision=backend.precision, error=broken))
+                continue
+            ms = (time.perf_counter() - ts) * 1e3
+            if on_step:
+                on_step(rec.chunk, ms)
+            r = judge_chunk(contract, rec, out, mode=CLOSED_LOOP, backend=backend.id, precision=backend.precision,
+                            cache_len_in=stream.last_cache_len_in, stream_position=pos, inputs=None)
+            r.step_ms = ms
+            if keep_bundles and r.verdict == "fail":
+                feeds = dict(snapshot)
+                feeds[audio_name] = rec.inputs[audio_name]
+                feeds[length_name] = rec.inputs[length_name]
+                r.bundle_inputs, r.bundle_outputs = feeds, dict(out)
+            results.append(r)
+    finally:
+        stream.close()
+    return RunResult(backend.id, backend.precision, CLOSED_LOOP, results, backend.describe(),
+                     time.perf_counter() - t0)

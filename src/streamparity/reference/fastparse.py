@@ -1,0 +1,191 @@
+"""Fast reader for one reference JSONL chunk line.
+
+A full-size reference line is ~64 MB, nearly all of it ``data_b64`` payloads.  The standard
+library's ``json.loads`` builds a Python ``str`` for every payload, then base64 decoding copies it
+again.  Here each payload is located with ``bytes.find`` (memchr speed), replaced by a tiny
+placeholder, the remaining small skeleton is parsed with ``json``, and each payload is decoded
+straight from a ``memoryview`` of the line into bytes that numpy wraps without a copy.
+
+Decoding uses ``pybase64`` (SIMD) when it is installed and ``binascii.a2b_base64`` otherwise.
+
+Validation is exactly that of :func:`streamparity.tensors.decode_tensor`: the fast path only
+*accepts* what it can prove well-formed; on any doubt (bad base64, a backslash in a payload, a
+skeleton that does not parse, wrong byte count, unknown dtype, ...) the line is re-read by the
+plain ``json`` path, which raises the canonical error naming file, line, chunk and field.
+Foreign lines (nested lists, other key order, extra whitespace) go through the same code: they
+simply have no payloads to extract, or fall back.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from streamparity.errors import ReferenceFormatError
+from streamparity.reference.tensors import DTYPES, decode_tensor
+
+SECTIONS = ("inputs", "outputs")
+_KEY = b'"data_b64"'
+_WS = frozenset(b" \t\r\n")
+_PLACEHOLDER = "\x00sp"
+
+
+def _binascii_decode(data: memoryview) -> bytes:
+    return binascii.a2b_base64(data, strict_mode=True)
+
+
+def _pick_decoder() -> tuple[str, Callable[[memoryview], bytes]]:
+    try:
+        import pybase64
+    except ImportError:
+        return "binascii", _binascii_decode
+
+    def decode(data: memoryview) -> bytes:
+        out: bytes = pybase64.b64decode(data, validate=True)
+        return out
+
+    return "pybase64", decode
+
+
+DECODER_NAME, _decode = _pick_decoder()
+
+
+class _Fallback(Exception):
+    """The fast path cannot vouch for this line; use the json path."""
+
+
+Tensors = dict[str, np.ndarray]
+
+
+def parse_chunk_json(line: bytes, *, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
+    """The plain path: ``json.loads`` then :func:`decode_tensor` on every tensor (canonical errors)."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReferenceFormatError(f"line is not valid JSON ({exc})", file=file, line=line_no,
+                                   chunk=chunk) from None
+    if not isinstance(obj, dict):
+        raise ReferenceFormatError("line is not a JSON object", file=file, line=line_no, chunk=chunk)
+    out: list[Tensors] = []
+    for section in SECTIONS:
+        tensors = obj.get(section)
+        if not isinstance(tensors, dict):
+            raise ReferenceFormatError(f"'{section}' must be an object of tensors", file=file, line=line_no,
+                                       chunk=chunk, field=section)
+        out.append({name: decode_tensor(t, file=file, line=line_no, chunk=chunk, field=f"{section}.{name}")
+                    for name, t in tensors.items()})
+    return out[0], out[1]
+
+
+def _skip_ws(line: bytes, i: int) -> int:
+    n = len(line)
+    while i < n and line[i] in _WS:
+        i += 1
+    return i
+
+
+def _skeleton(line: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    """The line with every ``"data_b64": "<payload>"`` payload replaced by a numbered placeholder."""
+    pieces: list[bytes] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    search = 0
+    while True:
+        k = line.find(_KEY, search)
+        if k < 0:
+            break
+        j = _skip_ws(line, k + len(_KEY))
+        if line[j:j + 1] != b":":
+            search = j
+            continue
+        j = _skip_ws(line, j + 1)
+        if line[j:j + 1] != b'"':
+            search = j
+            continue
+        end = line.find(b'"', j + 1)
+        if end < 0:
+            raise _Fallback
+        pieces.append(line[pos:j])
+        pieces.append(b'"\\u0000sp%d"' % len(spans))
+        spans.append((j + 1, end))
+        pos = search = end + 1
+    if not spans:
+        return line, spans
+    pieces.append(line[pos:])
+    return b"".join(pieces), spans
+
+
+def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: set[int]) -> np.ndarray | None:
+    """Decode a tensor whose payload was extracted; None when it holds no placeholder."""
+    if not isinstance(t, Mapping):
+        return None
+    ph = t.get("data_b64")
+    if not (isinstance(ph, str) and ph.startswith(_PLACEHOLDER)):
+        return None
+    try:
+        idx = int(ph[len(_PLACEHOLDER):])
+    except ValueError:
+        raise _Fallback from None
+    if idx in used or not 0 <= idx < len(spans):
+        raise _Fallback
+    used.add(idx)
+    dname = t.get("dtype")
+    shape = t.get("shape")
+    if not isinstance(dname, str) or dname not in DTYPES or "shape" not in t:
+        raise _Fallback
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise _Fallback
+    dt = DTYPES[dname]
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    lo, hi = spans[idx]
+    if (hi - lo) % 4:
+        raise _Fallback
+    try:
+        raw = _decode(view[lo:hi])
+    except (binascii.Error, ValueError, TypeError):
+        raise _Fallback from None
+    if len(raw) != count * dt.itemsize:
+        raise _Fallback
+    return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))
+
+
+def _parse_fast(line: bytes, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
+    skel, spans = _skeleton(line)
+    try:
+        obj = json.loads(skel)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _Fallback from None
+    if not isinstance(obj, dict):
+        raise _Fallback
+    view = memoryview(line)
+    used: set[int] = set()
+    out: list[Tensors] = []
+    for section in SECTIONS:
+        tensors = obj.get(section)
+        if not isinstance(tensors, dict):
+            raise _Fallback
+        got: Tensors = {}
+        for name, t in tensors.items():
+            arr = _fast_tensor(t, view, spans, used)
+            if arr is None:
+                if isinstance(t, Mapping) and isinstance(t.get("data_b64"), str) and \
+                        str(t["data_b64"]).startswith("\x00"):
+                    raise _Fallback
+                arr = decode_tensor(t, file=file, line=line_no, chunk=chunk, field=f"{section}.{name}")
+            got[name] = arr
+        out.append(got)
+    if len(used) != len(spans):  # a payload outside the tensors (e.g. in meta): let json judge the line
+        raise _Fallback
+    return out[0], out[1]
+
+
+def parse_chunk_line(line: bytes, *, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
+    """(inputs, outputs) of one chunk line; errors name file, line, chunk and field."""
+    try:
+        return _parse_fast(line, file, line_no, chunk)
+    except _Fallback:
+        return parse_chunk_json(line, file=file, line_no=line_no, chunk=chunk)

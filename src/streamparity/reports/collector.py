@@ -1,0 +1,190 @@
+"""Reports: the run's verdict table (terminal), summary.json, and the human-readable report."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamparity.atomic import atomic_write_text
+
+
+@dataclass
+class RunRow:
+    backend: str
+    mode: str
+    chunks: int = 0
+    passed: int = 0
+    warned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    worst: dict[str, tuple[float, int]] = field(default_factory=dict)
+    series: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
+    cache_len: dict[int, int] = field(default_factory=dict)
+    step_ms: list[float] = field(default_factory=list)
+    placements: dict[str, int] = field(default_factory=dict)
+    violations: list[tuple[int, str]] = field(default_factory=list)
+    failed_chunks: list[int] = field(default_factory=list)
+    """(chunk, first message) of every chunk with contract-invariant violations or a run error."""
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    gate_outcome: str | None = None
+    skip_reason: str | None = None
+    stability: dict[str, Any] = field(default_factory=dict)
+    stability_outcome: str | None = None
+    output_verdicts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+
+    @property
+    def verdict(self) -> str:
+        if self.failed or self.gate_outcome == "failed" or self.stability_outcome == "failed":
+            return "FAIL"
+        if self.chunks == 0 and self.skipped:
+            return "SKIP"
+        if self.warned:
+            return "WARN"
+        return "PASS"
+
+
+_LEFT = 74
+"""Width of the run columns of the summary table (backend .. 1st fail), blank on an output's continuation line."""
+
+
+class SummaryCollector:
+    """Aggregates the payloads that parity tests attach to their reports."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def add(self, nodeid: str, outcome: str, payload: dict[str, Any]) -> None:
+        self.records.append((nodeid, outcome, payload))
+
+    def rows(self) -> list[RunRow]:
+        rows: dict[tuple[str, str], RunRow] = {}
+        for _nodeid, outcome, p in self.records:
+            if p.get("kind") == "latency":  # benchmarks: kept apart, see to_json
+                continue
+            key = (p["backend"], p["mode"])
+            row = rows.setdefault(key, RunRow(p["backend"], p["mode"]))
+            if p["kind"] == "gate":
+                row.gates = p["gates"]
+                row.gate_outcome = outcome
+                continue
+            if p["kind"] == "stability":
+                row.stability = p.get("outputs", {})
+                row.stability_outcome = outcome
+                for k, v in p.get("cache_len", {}).items():
+                    row.cache_len.setdefault(int(k), int(v))
+                continue
+            if p.get("verdict") == "skip":
+                row.skipped += 1
+                row.skip_reason = p.get("reason")
+                continue
+            row.chunks += 1
+            v = p["verdict"]
+            k = int(p["chunk"])
+            if v == "fail" or outcome == "failed":
+                row.failed += 1
+                row.failed_chunks.append(k)
+            elif v == "warn":
+                row.warned += 1
+            else:
+                row.passed += 1
+            for out, m in p.get("metrics", {}).items():
+                row.series[out][k] = m["max_abs"]
+                ov = m.get("verdict", "pass")
+                row.output_verdicts[out][ov] = row.output_verdicts[out].get(ov, 0) + 1
+                # the largest error; among equal ones the earliest chunk (the same under xdist as serially)
+                if out not in row.worst or not m["max_abs"] <= row.worst[out][0] or \
+                        (m["max_abs"] == row.worst[out][0] and k < row.worst[out][1]):
+                    row.worst[out] = (m["max_abs"], k)
+            if p.get("cache_len_out"):
+                row.cache_len[k] = int(p["cache_len_out"][0])
+            if p.get("step_ms"):
+                row.step_ms.append(float(p["step_ms"]))
+            problems = [*p.get("violations", []), *([p["error"]] if p.get("error") else [])]
+            if problems:
+                row.violations.append((k, str(problems[0])))
+            if p.get("placement"):
+                row.placements[p["placement"]] = row.placements.get(p["placement"], 0) + 1
+        return sorted(rows.values(), key=lambda r: (r.mode, r.backend))
+
+    def table_lines(self) -> list[str]:
+        rows = self.rows()
+        head = f"{'backend':<16} {'mode':<12} {'verdict':<7} {'chunks':>6} {'pass':>5} {'warn':>5} {'fail':>5} " \
+               f"{'1st fail':>8}  " \
+               f"{'output':<26} {'worst max_abs':>13} {'@chunk':>6} {'p95':>9}"
+        lines = [head, "-" * len(head)]
+        for r in rows:
+            outs = sorted(r.worst) or ["-"]
+            for i, out in enumerate(outs):
+                first = str(min(r.failed_chunks)) if r.failed_chunks else "-"
+                left = (f"{r.backend:<16} {r.mode:<12} {r.verdict:<7} {r.chunks:>6} {r.passed:>5} {r.warned:>5} "
+                        f"{r.failed:>5} {first:>8}  ") if i == 0 else " " * _LEFT
+                if out == "-":
+                    reason = f"skipped: {r.skip_reason}" if r.skip_reason else ""
+                    lines.append(left + reason)
+                    continue
+                worst, at = r.worst[out]
+                vals = list(r.series[out].values())
+                p95 = float(np.percentile(vals, 95)) if vals and np.all(np.isfinite(vals)) else float("inf")
+                lines.append(left + f"{out:<26} {worst:>13.3g} {at:>6} {p95:>9.3g}")
+            if r.violations:
+                first_chunk, first = min(r.violations)
+                lines.append(" " * _LEFT + f"{'contract invariants':<26} {len(r.violations)} chunk(s) violate, first "
+                             f"@chunk {first_chunk}: {first}")
+        return lines
+
+    def to_json(self, meta: dict[str, Any]) -> dict[str, Any]:
+        runs = []
+        for r in self.rows():
+            outputs = {}
+            for out, ser in r.series.items():
+                vals = [ser[k] for k in sorted(ser)]
+                finite = np.all(np.isfinite(vals)) if vals else True
+                outputs[out] = {
+                    "worst_max_abs": r.worst[out][0],
+                    "worst_chunk": r.worst[out][1],
+                    "p95_max_abs": float(np.percentile(vals, 95)) if vals and finite else None,
+                    "p99_max_abs": float(np.percentile(vals, 99)) if vals and finite else None,
+                    "mean_max_abs": float(np.mean(vals)) if vals and finite else None,
+                    "series": {str(k): ser[k] for k in sorted(ser)},
+                    "verdicts": dict(r.output_verdicts.get(out, {})),
+                }
+            runs.append({
+                "backend": r.backend, "mode": r.mode, "verdict": r.verdict, "chunks": r.chunks,
+                "passed": r.passed, "warned": r.warned, "failed": r.failed, "skipped": r.skipped,
+                "first_failed_chunk": min(r.failed_chunks) if r.failed_chunks else None,
+                "skip_reason": r.skip_reason,
+                "pass_rate": r.passed / r.chunks if r.chunks else None,
+                "outputs": outputs, "gates": r.gates, "gate_outcome": r.gate_outcome,
+                "stability": r.stability, "stability_outcome": r.stability_outcome,
+                "cache_len": {str(k): v for k, v in sorted(r.cache_len.items())},
+                "step_ms": {"p50": _pct(r.step_ms, 50), "p95": _pct(r.step_ms, 95), "p99": _pct(r.step_ms, 99)},
+                "placements": dict(sorted(r.placements.items())),
+                "violations": {"chunks": len(r.violations),
+                               "first": (dict(zip(("chunk", "message"), min(r.violations), strict=True))
+                                         if r.violations else None),
+                               "by_chunk": {str(k): m for k, m in sorted(r.violations)[:50]}},
+            })
+        latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
+                   if p.get("kind") == "latency"]
+        return {"streamparity_summary": 1, **meta, "runs": runs, "latency": latency}
+
+    def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:
+        doc = self.to_json(meta)
+        path = report_dir / "summary.json"
+        atomic_write_text(path, json.dumps(doc, indent=1, default=str))
+        written = [path]
+        try:
+            from streamparity.reports.markdown import write_markdown_report
+        except ImportError:
+            return written
+        written += write_markdown_report(doc, report_dir)
+        return written
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
