@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamparity.pytest_plugin.plugin import PATH_OPTIONS
+from streamparity.pytest_plugin.options import PATH_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONTRACT = ROOT / "contracts" / "tiny-parakeet.contract.json"

@@ -273,7 +273,7 @@ def test_corrupt_engine_cache_file(tmp_path: Path, caplog: pytest.LogCaptureFixt
     def boom(_args: object) -> int:
         raise ei.value
 
-    monkeypatch.setattr("streamparity.commands.check_reference.run", boom)
+    monkeypatch.setattr("streamparity.cli.cmd_check_reference.run", boom)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["check-reference", str(TINY_REFERENCE)])

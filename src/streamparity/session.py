@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -21,10 +20,11 @@ from streamparity.drivers.closed_loop import run_closed_loop
 from streamparity.drivers.functional import run_functional
 from streamparity.drivers.selection import ChunkSelection
 from streamparity.errors import BackendUnavailable, ReferenceInvalid, StreamparityError
-from streamparity.judging.metrics import percentile
+from streamparity.judging.gates import RunGates, direct_difference, judge_gates
+from streamparity.judging.stability import RunStability, judge_run_stability
 from streamparity.reference.checks import ReferenceReport, check_reference
 from streamparity.reference.reader import ReferenceFile
-from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, RunResult
+from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, ChunkResult, RunResult
 
 BASELINE = parse_backend_spec("ort-cpu-fp32")
 
@@ -41,18 +41,6 @@ class SessionConfig:
     engine_dir: Path = Path("engines")
     rebuild_engines: bool = False
     rebuild_since: float | None = None
-
-
-@dataclass
-class GateResult:
-    backend: str
-    mode: str
-    output: str
-    checks: dict[str, dict[str, Any]]
-
-    @property
-    def failed(self) -> list[str]:
-        return [k for k, v in self.checks.items() if not v["ok"]]
 
 
 def _require_file(path: Path, what: str, field: str) -> None:
@@ -117,6 +105,15 @@ class ParitySession:
         ids = self.reference.chunk_ids
         return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids
 
+    def no_chunks_reason(self, mode: str) -> str:
+        sel = self.cfg.chunks.text if self.cfg.chunks else "all"
+        if mode == FUNCTIONAL:
+            have = [k for k in self.reference.chunk_ids if self.reference.meta(k).get("has_caches", True)]
+            span = f"{have[0]}..{have[-1]}" if have else "none"
+            return (f"no functional chunk in --chunks {sel}: the reference stores caches (needed in functional mode) "
+                    f"for chunks {span} only")
+        return f"no closed-loop chunk in --chunks {sel}"
+
     # -- reference --------------------------------------------------------------------
     def reference_report(self) -> ReferenceReport:
         if self._ref_report is None:
@@ -158,62 +155,35 @@ class ParitySession:
         return self._runs[key]
 
     # -- run-level gates --------------------------------------------------------------
-    def gates(self, spec: BackendSpec, mode: str) -> list[GateResult]:
-        run = self.run(spec, mode)
-        selected = set(self.functional_chunks() if mode == FUNCTIONAL else self.closed_loop_chunks())
-        chunks = [c for c in run.chunks if c.chunk in selected]
-        # the baseline is ONNX Runtime on CPU at the candidate's precision (FP16 runtimes are not held to FP32)
-        baseline = BackendSpec("ort", "cpu", spec.precision)
-        base: RunResult | None = None
-        if spec.id != baseline.id:
-            try:
-                base = self.run(baseline, mode)
-            except (BackendUnavailable, StreamparityError):
-                base = None
-        out: list[GateResult] = []
-        for name in self.contract.compared_outputs():
-            tol = self.contract.tolerance(name, spec.precision)
-            series = [c.metrics[name].max_abs for c in chunks if name in c.metrics]
-            if not series:
-                continue
-            checks: dict[str, dict[str, Any]] = {}
-            p95 = percentile(series, 95)
-            p99 = percentile(series, 99)
-            if tol.p95_max_abs is not None:
-                checks["p95"] = {"value": p95, "limit": tol.p95_max_abs, "ok": p95 <= tol.p95_max_abs}
-            if tol.p99_max_abs is not None:
-                checks["p99"] = {"value": p99, "limit": tol.p99_max_abs, "ok": p99 <= tol.p99_max_abs}
-            if tol.min_pass_fraction is not None:
-                thr = tol.warn_atol if tol.warn_atol is not None else tol.atol
-                frac = float(np.mean([v <= thr for v in series]))
-                checks["pass_fraction"] = {"value": frac, "limit": tol.min_pass_fraction, "threshold": thr,
-                                           "ok": frac >= tol.min_pass_fraction}
-            if base is not None:
-                bsel = [c.metrics[name].max_abs for c in base.chunks if c.chunk in selected and name in c.metrics]
-                if bsel:
-                    bp95 = percentile(bsel, 95)
-                    floor = self.contract.gates.vs_baseline_floor.get(spec.precision, 0.0)
-                    limit = self.contract.gates.vs_baseline_factor * max(bp95, floor)
-                    checks[f"vs_{baseline.id.replace('-', '_')}"] = {
-                        "value": p95, "baseline_p95": bp95, "floor": floor, "limit": limit, "ok": p95 <= limit}
-            out.append(GateResult(spec.id, mode, name, checks))
-        return out
+    def selected(self, mode: str) -> list[int]:
+        return self.functional_chunks() if mode == FUNCTIONAL else self.closed_loop_chunks()
 
-    def direct_vs_baseline(self, spec: BackendSpec, mode: str) -> dict[str, float] | None:
-        """Max abs difference of the encoded output, runtime vs ORT FP32, per chunk (not a reference)."""
-        if spec.id == BASELINE.id:
+    def _baseline_chunks(self, spec: BackendSpec, mode: str, base: BackendSpec) -> list[ChunkResult] | None:
+        if spec.id == base.id:
             return None
         try:
-            base = self.run(BASELINE, mode).by_chunk()
+            run = self.run(base, mode)
         except (BackendUnavailable, StreamparityError):
             return None
-        out: dict[str, float] = {}
-        for c in self.run(spec, mode).chunks:
-            b = base.get(c.chunk)
-            if b is not None and b.encoded is not None and c.encoded is not None and b.encoded.shape == \
-                    c.encoded.shape:
-                out[str(c.chunk)] = float(np.max(np.abs(b.encoded.astype(np.float64) - c.encoded)))
-        return out
+        selected = set(self.selected(mode))
+        return [c for c in run.chunks if c.chunk in selected]
+
+    def gates(self, spec: BackendSpec, mode: str) -> RunGates:
+        """Run-level gates over the selected chunks; the baseline is ONNX Runtime on CPU at the candidate's
+        precision (FP16 runtimes are not held to FP32)."""
+        selected = set(self.selected(mode))
+        chunks = [c for c in self.run(spec, mode).chunks if c.chunk in selected]
+        baseline = BackendSpec("ort", "cpu", spec.precision)
+        gates = judge_gates(self.contract, spec.id, spec.precision, mode, chunks,
+                            self._baseline_chunks(spec, mode, baseline), baseline.id)
+        direct_base = self._baseline_chunks(spec, mode, BASELINE)
+        direct = direct_difference(self.run(spec, mode).chunks, direct_base) if direct_base is not None else None
+        return RunGates(spec.id, spec.precision, mode, gates, max(direct.values()) if direct else None)
+
+    def stability(self, spec: BackendSpec) -> RunStability:
+        selected = set(self.closed_loop_chunks())
+        chunks = [c for c in self.run(spec, CLOSED_LOOP).chunks if c.chunk in selected]
+        return judge_run_stability(self.contract, spec.id, spec.precision, chunks)
 
     def encoded_name(self) -> str:
         return self.contract.output_by_role(ROLE_ENCODED).name

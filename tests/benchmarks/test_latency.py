@@ -25,7 +25,7 @@ from streamparity.contract.model import ROLE_AUDIO, ROLE_LENGTH, Contract
 from streamparity.drivers.closed_loop import initial_state
 from streamparity.environment import gpu_names
 from streamparity.errors import BackendUnavailable, StreamparityError
-from streamparity.pytest_plugin.plugin import PROPERTY
+from streamparity.pytest_plugin.session import PROPERTY
 from streamparity.session import ParitySession
 
 pytestmark = pytest.mark.benchmark

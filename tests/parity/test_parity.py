@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamparity.pytest_plugin.plugin import judge, judge_gates
+from streamparity.pytest_plugin.outcomes import judge, judge_gates
 
 pytestmark = pytest.mark.parity
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamparity.pytest_plugin.plugin import judge_stability
+from streamparity.pytest_plugin.outcomes import judge_stability
 
 pytestmark = [pytest.mark.parity, pytest.mark.stability]
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from streamparity.contract.loading import load_contract
 from streamparity.contract.model import Contract
+from streamparity.contract.shipped import contract_named_in
 from streamparity.errors import ReferenceFormatError, ReferenceInvalid
 from streamparity.reference.fastparse import DECODER_NAME, parse_chunk_json, parse_chunk_line
 from streamparity.reference.reader import ReferenceFile
@@ -44,21 +45,6 @@ def register(sub: Any) -> None:
 def _peak_rss_mb() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
-
-
-def find_contract(header: dict[str, Any]) -> Path | None:
-    """The contract under the repository's contracts/ folder whose name the reference header gives."""
-    name = header.get("contract")
-    if not isinstance(name, str):
-        return None
-    folder = Path(__file__).resolve().parents[3] / "contracts"
-    for p in sorted(folder.glob("*.contract.json")):
-        try:
-            if json.loads(p.read_text("utf-8")).get("name") == name:
-                return p
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 @dataclass
@@ -173,7 +159,7 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
     else:
         source = "built" + (f", written to {sidecar.name}" if after is not None else " (kept in memory)")
     contract: Contract | None = None
-    cpath = contract_path or find_contract(ref.header)
+    cpath = contract_path or contract_named_in(dict(ref.header))
     notes: list[str] = []
     if cpath is not None:
         contract = load_contract(cpath)

@@ -21,6 +21,7 @@ from streamparity.contract.loading import load_contract
 from streamparity.contract.model import ROLE_CACHE_LEN, Contract
 from streamparity.errors import BackendUnavailable, ModelMismatch, StreamparityError
 from streamparity.judging.chunks import judge_chunk
+from streamparity.judging.wording import describe_chunk
 from streamparity.reference.reader import ChunkRecord
 from streamparity.results.records import ChunkResult
 from streamparity.tools.bundles import read_bundle
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
           f"{meta['backend']}; rerunning on {spec.id} with {onnx}")
     with tempfile.TemporaryDirectory(prefix="streamparity-repro-") as tmp:
         res = rerun(contract, onnx, spec, meta, inputs, expected, args.engine_dir or Path(tmp))
-    for line in res.describe(contract):  # the same lines as the pytest failure message
+    for line in describe_chunk(res, contract):  # the same lines as the pytest failure message
         print(line)
     recorded = dict(meta.get("verdicts", {}))
     recorded_violations = [str(v) for v in meta.get("violations", [])]

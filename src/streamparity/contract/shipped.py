@@ -1,38 +1,26 @@
-"""TODO docstring."""
+"""The contracts shipped in the repository's ``contracts/`` folder, by name, and the default one."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
-import pytest
+DEFAULT_NAME = "tiny-parakeet"
 
 
-def _root() -> Path:
-    return Path(__file__).resolve().parents[3]
-
-
-
-def default_contract() -> Path:
-    env = os.environ.get("STREAMPARITY_CONTRACT")
-    if env:
-        try:
-            return _contract(env)
-        except argparse.ArgumentTypeError as e:
-            raise pytest.UsageError(f"streamparity: $STREAMPARITY_CONTRACT: {e}") from None
-    return _root() / "contracts" / "tiny-parakeet.contract.json"
-
+def contracts_folder() -> Path:
+    return Path(__file__).resolve().parents[3] / "contracts"
 
 
 def contract_registry() -> dict[str, Path]:
     """Contracts shipped in ``contracts/``, by name: ``tiny-parakeet``, ``parakeet-tdt-0.6b-v3`` ..."""
-    folder = _root() / "contracts"
-    return {p.name.removesuffix(".contract.json"): p for p in sorted(folder.glob("*.contract.json"))}
+    return {p.name.removesuffix(".contract.json"): p for p in sorted(contracts_folder().glob("*.contract.json"))}
 
 
-
-def _contract(text: str) -> Path:
+def contract_by_name_or_path(text: str) -> Path:
+    """argparse-style: a shipped contract's name or a path; ArgumentTypeError for a name that is not shipped."""
     registry = contract_registry()
     if text in registry:
         return registry[text]
@@ -41,3 +29,25 @@ def _contract(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"unknown contract {text!r}: give a path or one of {', '.join(registry) or '(none shipped)'}")
     return p
+
+
+def default_contract() -> Path:
+    """``$STREAMPARITY_CONTRACT`` (a name or a path) or the embedded default; ArgumentTypeError for a bad name."""
+    env = os.environ.get("STREAMPARITY_CONTRACT")
+    if env:
+        return contract_by_name_or_path(env)
+    return contracts_folder() / f"{DEFAULT_NAME}.contract.json"
+
+
+def contract_named_in(header: dict[str, object]) -> Path | None:
+    """The shipped contract whose ``name`` a reference header gives."""
+    name = header.get("contract")
+    if not isinstance(name, str):
+        return None
+    for p in contract_registry().values():
+        try:
+            if json.loads(p.read_text("utf-8")).get("name") == name:
+                return p
+        except (OSError, ValueError):
+            continue
+    return None

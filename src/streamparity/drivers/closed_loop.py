@@ -57,7 +57,8 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 break
             if broken:
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
-                                           precision=backend.precision, error=broken))
+                                           precision=backend.precision,
+                            device=backend.device, error=broken))
                 continue
             snapshot = stream.state_snapshot() if keep_bundles else {}
             ts = time.perf_counter()
@@ -66,12 +67,14 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             except Exception as e:
                 broken = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
-                                           precision=backend.precision, error=broken))
+                                           precision=backend.precision,
+                            device=backend.device, error=broken))
                 continue
             ms = (time.perf_counter() - ts) * 1e3
             if on_step:
                 on_step(rec.chunk, ms)
             r = judge_chunk(contract, rec, out, mode=CLOSED_LOOP, backend=backend.id, precision=backend.precision,
+                            device=backend.device,
                             cache_len_in=stream.last_cache_len_in, stream_position=pos, inputs=None)
             r.step_ms = ms
             if keep_bundles and r.verdict == "fail":

@@ -24,6 +24,7 @@ def run_functional(backend: Backend, contract: Contract, ref: ReferenceFile, chu
         missing = [n for n in contract.input_names if n not in feeds]
         if missing:
             r = ChunkResult(chunk=k, mode=FUNCTIONAL, backend=backend.id, precision=backend.precision,
+                            device=backend.device,
                             error=f"reference chunk {k} lacks inputs {missing} needed in functional mode")
             results.append(r)
             continue
@@ -32,10 +33,12 @@ def run_functional(backend: Backend, contract: Contract, ref: ReferenceFile, chu
             out = backend.run(feeds)
         except Exception as e:  # runtime errors are verdicts, not crashes
             results.append(ChunkResult(chunk=k, mode=FUNCTIONAL, backend=backend.id, precision=backend.precision,
+                            device=backend.device,
                                        error=f"{type(e).__name__}: {e}"))
             continue
         ms = (time.perf_counter() - ts) * 1e3
         r = judge_chunk(contract, rec, out, mode=FUNCTIONAL, backend=backend.id, precision=backend.precision,
+                            device=backend.device,
                         cache_len_in=feeds[len_in], stream_position=None, inputs=feeds)
         r.step_ms = ms
         if keep_bundles and r.verdict == "fail":

@@ -21,9 +21,9 @@ def _ints(a: Any) -> list[int]:
 
 def judge_chunk(contract: Contract, rec: ChunkRecord, outputs: Mapping[str, np.ndarray], *, mode: str,
                 backend: str, precision: str, cache_len_in: np.ndarray, stream_position: int | None,
-                inputs: Mapping[str, np.ndarray] | None) -> ChunkResult:
+                inputs: Mapping[str, np.ndarray] | None, device: str = "cpu") -> ChunkResult:
     """Compare one chunk's outputs with the reference and check the contract invariants."""
-    res = ChunkResult(chunk=rec.chunk, mode=mode, backend=backend, precision=precision)
+    res = ChunkResult(chunk=rec.chunk, mode=mode, backend=backend, precision=precision, device=device)
     res.violations = check_outputs(contract, rec.chunk, outputs, cache_len_in=cache_len_in, inputs=inputs,
                                    stream_position=stream_position)
     len_out = contract.output_by_role(ROLE_CACHE_LEN).name

@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamparity.contract.model import StabilityGate, Tolerance
+from streamparity.contract.model import Contract, StabilityGate, Tolerance
+from streamparity.results.records import ChunkResult
 
 StabilityVerdict = Literal["pass", "warn", "fail"]
 MIN_FIT_POINTS = 3
@@ -299,3 +300,73 @@ def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
 
 
 __all__ = ["StabilityResult", "WindowStats", "analyze", "fit_trend", "slope_limit"]
+
+
+@dataclass
+class RunStability:
+    """The stability gate of one closed-loop run: one :class:`StabilityResult` per compared output."""
+
+    backend: str
+    precision: str
+    results: dict[str, StabilityResult] = field(default_factory=dict)
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    limits: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    """output -> (atol, warn_atol) of the output's tolerance at this precision."""
+    cache_len: dict[int, int] = field(default_factory=dict)
+    errored: list[tuple[int, str]] = field(default_factory=list)
+    """(chunk, error) of chunks that did not run: the gate cannot be judged."""
+    gate_reason: str = ""
+
+    @property
+    def verdict(self) -> StabilityVerdict:
+        if self.errored or not self.results:
+            return "fail"
+        verdicts = [r.verdict for r in self.results.values()]
+        return "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "pass"
+
+    def outputs_dict(self) -> dict[str, Any]:
+        return {n: {**r.to_dict(), "series": {str(k): v for k, v in self.series[n]},
+                    "atol": self.limits[n][0], "warn_atol": self.limits[n][1]} for n, r in self.results.items()}
+
+    def describe(self) -> list[str]:
+        """Why the gate failed or warned, one output after the other; empty when it passed."""
+        head = f"[{self.backend} closed_loop]"
+        if self.errored:
+            k, err = self.errored[0]
+            return [f"{head} stability cannot be judged: {len(self.errored)} chunk(s) did not run, first: chunk {k}: "
+                    f"{err}"]
+        if not self.results:
+            return [f"{head} no compared output has an error series to judge"]
+        bad = {n: r for n, r in self.results.items() if r.verdict != "pass"}
+        if not bad:
+            return []
+        lines = [r.describe(f"{head} output {n!r}") for n, r in bad.items()]
+        drift = any(r.t_excess > r.sigma or r.ratio > r.ratio_limit for r in bad.values())
+        if self.gate_reason and drift:
+            lines.append(f"gate: {self.gate_reason}")
+        elif self.verdict == "fail" and any(r.nonfinite_chunks for r in bad.values()):
+            lines.append("no trend judged: the error is not finite (NaN or Inf) on some chunks; see the chunk tests")
+        elif self.verdict == "fail":
+            lines.append("no trend: the errors are bounded-gate failures (max/P99 above the contract's limits), "
+                         "not drift")
+        return lines
+
+
+def judge_run_stability(contract: Contract, backend: str, precision: str, chunks: Sequence[ChunkResult]
+                        ) -> RunStability:
+    """Judge every compared output's per-chunk max |error| series of a closed-loop run."""
+    gate = contract.gates.stability
+    run = RunStability(backend, precision, gate_reason=gate.reason or "",
+                       cache_len={c.chunk: c.cache_len_out[0] for c in chunks if c.cache_len_out})
+    run.errored = [(c.chunk, c.error) for c in chunks if c.error]
+    if run.errored:
+        return run
+    for name in contract.compared_outputs():
+        pts = [(c.chunk, c.metrics[name].max_abs) for c in chunks if name in c.metrics]
+        if not pts:
+            continue
+        tol = contract.tolerance(name, precision)
+        run.results[name] = analyze([v for _, v in pts], gate, tol, chunks=[k for k, _ in pts])
+        run.series[name] = pts
+        run.limits[name] = (tol.atol, tol.warn_atol)
+    return run

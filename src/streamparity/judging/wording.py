@@ -1,6 +1,13 @@
-"""TODO docstring."""
+"""The wording of failures: what, where and how far, with the bound beside each figure."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from streamparity.contract.model import Contract
+
+if TYPE_CHECKING:
+    from streamparity.results.records import ChunkResult
 
 from streamparity.contract.model import Tolerance
 from streamparity.judging.metrics import Metrics
@@ -32,3 +39,20 @@ def describe_failure(m: Metrics, tol: Tolerance, *, what: str) -> str:
     if tol.known_issue:
         lines.append(f"  known issue: {tol.known_issue}")
     return "\n".join(lines)
+
+
+def describe_chunk(res: ChunkResult, contract: Contract) -> list[str]:
+    """What failed or warned and how far: the lines of a pytest failure and of ``streamparity repro``."""
+    head = f"[{res.backend} {res.mode} chunk {res.chunk}]"
+    lines: list[str] = []
+    if res.error:
+        lines.append(f"{head} runtime error: {res.error}")
+    for v in res.violations:
+        lines.append(f"{head} CONTRACT VIOLATION {v.field}: {v.message}")
+    for name, m in res.metrics.items():
+        vd = res.verdicts.get(name)
+        if vd in ("fail", "warn"):
+            tol = contract.tolerance(name, res.precision)
+            label = "FAIL" if vd == "fail" else "WARN"
+            lines.append(f"{head} {label} " + describe_failure(m, tol, what=f"{res.backend} vs reference"))
+    return lines or [f"{head} ok"]

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from streamparity.atomic import atomic_write_text
+from streamparity.judging.verdict import Outcome, Verdict, label, worst
+from streamparity.results.records import SUMMARY_VERSION, ChunkSummary, GateSummary, Record, StabilitySummary
 
 
 @dataclass
@@ -38,77 +40,81 @@ class RunRow:
     output_verdicts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
     @property
+    def outcome(self) -> Outcome:
+        """The run's verdict: the worst of its chunks, its gate test and its stability test; skip when nothing ran."""
+        gate: Verdict = "fail" if self.gate_outcome == "failed" else "pass"
+        stab: Verdict = "fail" if self.stability_outcome == "failed" else "pass"
+        chunks: Verdict = "fail" if self.failed else "warn" if self.warned else "pass"
+        v = worst(chunks, gate, stab)
+        return "skip" if v != "fail" and self.chunks == 0 and self.skipped else v
+
+    @property
     def verdict(self) -> str:
-        if self.failed or self.gate_outcome == "failed" or self.stability_outcome == "failed":
-            return "FAIL"
-        if self.chunks == 0 and self.skipped:
-            return "SKIP"
-        if self.warned:
-            return "WARN"
-        return "PASS"
+        """:attr:`outcome` as the summary table and summary.json spell it (PASS, WARN, FAIL, SKIP)."""
+        return label(self.outcome)
 
 
 _LEFT = 74
 """Width of the run columns of the summary table (backend .. 1st fail), blank on an output's continuation line."""
 
 
+def _add_chunk(row: RunRow, rec: ChunkSummary, outcome: str) -> None:
+    row.chunks += 1
+    k = rec.chunk
+    if rec.verdict == "fail" or outcome == "failed":
+        row.failed += 1
+        row.failed_chunks.append(k)
+    elif rec.verdict == "warn":
+        row.warned += 1
+    else:
+        row.passed += 1
+    for out, m in rec.metrics.items():
+        row.series[out][k] = m.max_abs
+        row.output_verdicts[out][m.verdict] = row.output_verdicts[out].get(m.verdict, 0) + 1
+        # the largest error; among equal ones the earliest chunk (the same under xdist as serially)
+        if out not in row.worst or not m.max_abs <= row.worst[out][0] or \
+                (m.max_abs == row.worst[out][0] and k < row.worst[out][1]):
+            row.worst[out] = (m.max_abs, k)
+    if rec.cache_len_out:
+        row.cache_len[k] = int(rec.cache_len_out[0])
+    if rec.step_ms:
+        row.step_ms.append(float(rec.step_ms))
+    problems = [*rec.violations, *([rec.error] if rec.error else [])]
+    if problems:
+        row.violations.append((k, str(problems[0])))
+    if rec.placement:
+        row.placements[rec.placement] = row.placements.get(rec.placement, 0) + 1
+
+
 class SummaryCollector:
     """Aggregates the payloads that parity tests attach to their reports."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.records: list[tuple[str, str, Record | dict[str, Any]]] = []
 
-    def add(self, nodeid: str, outcome: str, payload: dict[str, Any]) -> None:
-        self.records.append((nodeid, outcome, payload))
+    def add(self, nodeid: str, outcome: str, record: Record | dict[str, Any]) -> None:
+        """A test's typed record, or the plain payload of a benchmark (``kind: latency``)."""
+        self.records.append((nodeid, outcome, record))
 
     def rows(self) -> list[RunRow]:
         rows: dict[tuple[str, str], RunRow] = {}
-        for _nodeid, outcome, p in self.records:
-            if p.get("kind") == "latency":  # benchmarks: kept apart, see to_json
+        for _nodeid, outcome, rec in self.records:
+            if isinstance(rec, dict):  # benchmarks: kept apart, see to_json
                 continue
-            key = (p["backend"], p["mode"])
-            row = rows.setdefault(key, RunRow(p["backend"], p["mode"]))
-            if p["kind"] == "gate":
-                row.gates = p["gates"]
+            row = rows.setdefault((rec.backend, rec.mode), RunRow(rec.backend, rec.mode))
+            if isinstance(rec, GateSummary):
+                row.gates = rec.gates
                 row.gate_outcome = outcome
-                continue
-            if p["kind"] == "stability":
-                row.stability = p.get("outputs", {})
+            elif isinstance(rec, StabilitySummary):
+                row.stability = rec.outputs
                 row.stability_outcome = outcome
-                for k, v in p.get("cache_len", {}).items():
+                for k, v in rec.cache_len.items():
                     row.cache_len.setdefault(int(k), int(v))
-                continue
-            if p.get("verdict") == "skip":
+            elif rec.verdict == "skip":
                 row.skipped += 1
-                row.skip_reason = p.get("reason")
-                continue
-            row.chunks += 1
-            v = p["verdict"]
-            k = int(p["chunk"])
-            if v == "fail" or outcome == "failed":
-                row.failed += 1
-                row.failed_chunks.append(k)
-            elif v == "warn":
-                row.warned += 1
+                row.skip_reason = rec.reason
             else:
-                row.passed += 1
-            for out, m in p.get("metrics", {}).items():
-                row.series[out][k] = m["max_abs"]
-                ov = m.get("verdict", "pass")
-                row.output_verdicts[out][ov] = row.output_verdicts[out].get(ov, 0) + 1
-                # the largest error; among equal ones the earliest chunk (the same under xdist as serially)
-                if out not in row.worst or not m["max_abs"] <= row.worst[out][0] or \
-                        (m["max_abs"] == row.worst[out][0] and k < row.worst[out][1]):
-                    row.worst[out] = (m["max_abs"], k)
-            if p.get("cache_len_out"):
-                row.cache_len[k] = int(p["cache_len_out"][0])
-            if p.get("step_ms"):
-                row.step_ms.append(float(p["step_ms"]))
-            problems = [*p.get("violations", []), *([p["error"]] if p.get("error") else [])]
-            if problems:
-                row.violations.append((k, str(problems[0])))
-            if p.get("placement"):
-                row.placements[p["placement"]] = row.placements.get(p["placement"], 0) + 1
+                _add_chunk(row, rec, outcome)
         return sorted(rows.values(), key=lambda r: (r.mode, r.backend))
 
     def table_lines(self) -> list[str]:
@@ -170,8 +176,8 @@ class SummaryCollector:
                                "by_chunk": {str(k): m for k, m in sorted(r.violations)[:50]}},
             })
         latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
-                   if p.get("kind") == "latency"]
-        return {"streamparity_summary": 1, **meta, "runs": runs, "latency": latency}
+                   if isinstance(p, dict) and p.get("kind") == "latency"]
+        return {"streamparity_summary": SUMMARY_VERSION, **meta, "runs": runs, "latency": latency}
 
     def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:
         doc = self.to_json(meta)

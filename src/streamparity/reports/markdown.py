@@ -13,6 +13,7 @@ from typing import Any
 
 from streamparity.reports import plots
 from streamparity.atomic import atomic_write_text
+from streamparity.judging.verdict import Outcome, Verdict, label, worst
 
 REPORT_NAME = "report.md"
 _MARK = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip"}
@@ -64,29 +65,21 @@ def _contract_info(doc: Mapping[str, Any]) -> tuple[dict[str, dict[str, dict[str
     return tols, expected
 
 
-def output_verdict(run: Mapping[str, Any], output: str) -> str:
-    """pass / warn / fail of one output of one run: its chunks, its run-level gates and its stability."""
+def output_verdict(run: Mapping[str, Any], output: str) -> Verdict:
+    """One output of one run: the worst of its chunk verdicts, its run-level gates and its stability."""
     counts = (run.get("outputs", {}).get(output) or {}).get("verdicts") or {}
-    v = "fail" if counts.get("fail") else "warn" if counts.get("warn") else "pass"
-    for g in run.get("gates") or []:
-        if g.get("output") == output and any(not c.get("ok", True) for c in g.get("checks", {}).values()):
-            v = "fail"
+    gates: list[Verdict] = ["fail" for g in run.get("gates") or [] if g.get("output") == output
+                            and any(not c.get("ok", True) for c in g.get("checks", {}).values())]
     st = (run.get("stability", {}).get(output) or {}).get("verdict")
-    if st == "fail":
-        v = "fail"
-    elif st == "warn" and v == "pass":
-        v = "warn"
-    return v
+    return worst(*[v for v in ("pass", "warn", "fail") if counts.get(v)], *gates,  # type: ignore[arg-type]
+                 *([st] if st in ("pass", "warn", "fail") else []))
 
 
 def _overall(doc: Mapping[str, Any]) -> str:
-    verdicts = [str(r.get("verdict", "")) for r in doc.get("runs", [])]
-    verdicts += ["FAIL" for lat in doc.get("latency", []) if lat.get("outcome") == "failed"]
-    if "FAIL" in verdicts:
-        return "FAIL"
-    if "WARN" in verdicts:
-        return "WARN"
-    return "PASS" if verdicts else "NO RUNS"
+    outcomes: list[Outcome] = [str(r.get("verdict", "")).lower() for r in doc.get("runs", [])]  # type: ignore[misc]
+    outcomes += ["fail" for lat in doc.get("latency", []) if lat.get("outcome") == "failed"]
+    judged = [o for o in outcomes if o in ("pass", "warn", "fail")]
+    return label(worst(*judged)) if outcomes else "NO RUNS"  # type: ignore[arg-type]
 
 
 def _verdict_section(doc: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,180 @@
+"""Typed results -> pytest outcomes: the bodies of the parity, gate and stability tests.  Judging happens in
+:mod:`streamparity.judging`; here results become records on the test report, ``pytest.fail``, skips and
+:class:`ParityWarning`s."""
+
+from __future__ import annotations
+
+import shlex
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streamparity.backends.base import BackendSpec
+from streamparity.environment import placement
+from streamparity.errors import BackendUnavailable, StreamparityError
+from streamparity.judging.wording import describe_chunk
+from streamparity.pytest_plugin.repro import repro_line
+from streamparity.pytest_plugin.session import PROPERTY, plugin_session
+from streamparity.results.records import (
+    CLOSED_LOOP,
+    ChunkResult,
+    ChunkSummary,
+    GateSummary,
+    Record,
+    RunResult,
+    StabilitySummary,
+)
+from streamparity.session import ParitySession
+
+
+class ParityWarning(UserWarning):
+    """An error above the contract's warn level but within its fail tolerance."""
+
+
+def _flat(v: Any) -> str:
+    return v if isinstance(v, str) else f"{v:.4g}" if v is not None else ""
+
+
+def record(request: pytest.FixtureRequest, rec: Record) -> None:
+    """Attach the record to the test's report, with flat properties for JUnit XML dashboards."""
+    props = request.node.user_properties
+    props.append((PROPERTY, rec.to_dict()))
+    if isinstance(rec, StabilitySummary):
+        props.append(("stability.verdict", rec.verdict))
+        for out, r in rec.outputs.items():
+            for key in ("verdict", "slope", "stderr", "t", "ratio", "max_abs", "p99"):
+                props.append((f"stability.{out}.{key}", _flat(r.get(key))))
+        return
+    props.append(("verdict", rec.verdict))
+    if isinstance(rec, ChunkSummary):
+        for out, m in rec.metrics.items():
+            props.append((f"max_abs.{out}", f"{m.max_abs:.6g}"))
+
+
+def _skip_or_fail(config: pytest.Config, reason: str) -> None:
+    __tracebackhide__ = True
+    if config.option.require_backends:
+        pytest.fail(f"{reason} (--require-backends)", pytrace=False)
+    pytest.skip(reason)
+
+
+def backend_or_skip(session: ParitySession, backend_id: str) -> Any:
+    """The session's backend, or a skip with its reason (a failure when it exists but cannot be built)."""
+    __tracebackhide__ = True
+    spec = next((s for s in session.cfg.backends if s.id == backend_id), None) or BackendSpec(*backend_id.split("-"))
+    try:
+        return session.backend(spec)
+    except BackendUnavailable as e:
+        pytest.skip(f"{spec.id}: {e}")
+    except StreamparityError as e:
+        pytest.fail(f"{spec.id} cannot be built: {e}", pytrace=False)
+
+
+def _reference_problem(session: ParitySession) -> str | None:
+    rep = session.reference_report()
+    if rep.ok:
+        return None
+    if rep.format_error:
+        return f"reference rejected before judging any runtime, a chunk cannot be read: {rep.format_error}"
+    first = rep.violations[0] if rep.violations else "streaming outputs differ from the offline reference"
+    return (f"reference {rep.path} rejected before judging any runtime ({len(rep.violations)} violations; "
+            f"see test_reference_is_sane): {first}")
+
+
+def _get_run(session: ParitySession, spec: BackendSpec, mode: str) -> tuple[RunResult | None, str | None, str | None]:
+    try:
+        return session.run(spec, mode), None, None
+    except BackendUnavailable as e:
+        return None, str(e), None
+    except StreamparityError as e:
+        return None, None, str(e)
+
+
+def _run_or_verdict(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str,
+                    on_unavailable: Callable[[str], None] | None) -> RunResult:
+    """The backend's run in this mode, or the test's verdict: fail on a rejected reference or a backend
+    that cannot run, skip (or fail, with --require-backends) where the backend is unavailable here.
+    Errors become verdicts outside except blocks: no chained "During handling ..." tracebacks."""
+    __tracebackhide__ = True
+    problem = _reference_problem(session)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    run, unavailable, broken = _get_run(session, spec, mode)
+    if unavailable is not None:
+        if on_unavailable is not None:
+            on_unavailable(unavailable)
+        _skip_or_fail(request.config, f"{spec.id}: {unavailable}")
+    if run is None:
+        pytest.fail(f"{spec.id} cannot run: {broken}", pytrace=False)
+    return run
+
+
+def _repro(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, chunk: int | None) -> str:
+    return repro_line(request.config, session.cfg, request.node.nodeid, spec, chunk)
+
+
+def chunk_summary(res: ChunkResult) -> ChunkSummary:
+    return ChunkSummary.of(res, placement(res.device))
+
+
+def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str, chunk: int) -> None:
+    """Body of every per-chunk parity test."""
+    __tracebackhide__ = True
+    run = _run_or_verdict(request, session, spec, mode, lambda why: record(request, ChunkSummary(
+        spec.id, mode, chunk, "skip", reason=why)))
+    res = run.by_chunk().get(chunk)
+    if res is None:
+        pytest.fail(f"{spec.id} {mode}: chunk {chunk} was not run", pytrace=False)
+    record(request, chunk_summary(res))
+    message = "\n".join(describe_chunk(res, session.contract))
+    if res.verdict == "fail" or (plugin_session(request.config).fail_on_warn and res.verdict == "warn"):
+        from streamparity.tools.bundles import write_bundle
+
+        bundle = write_bundle(session, res)
+        lines = [message, _repro(request, session, spec, chunk)]
+        if bundle is not None:
+            lines.append(f"repro: streamparity repro {shlex.quote(str(bundle))} --backend {spec.id}")
+        pytest.fail("\n".join(lines), pytrace=False)
+    # warn verdicts are counted in the summary and reported once per run by the gate test
+
+
+def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str) -> None:
+    """Body of the run-level gate tests."""
+    __tracebackhide__ = True
+    run = _run_or_verdict(request, session, spec, mode, None)
+    selected = session.selected(mode)
+    if not selected:
+        pytest.skip(session.no_chunks_reason(mode))
+    gates = session.gates(spec, mode)
+    record(request, GateSummary(spec.id, mode, gates.verdict, [g.to_dict() for g in gates],
+                                gates.vs_ort_fp32_direct_max))
+    warned = [c for c in run.chunks if c.verdict == "warn" and c.chunk in set(selected)]
+    if warned:
+        worst_c = max(warned, key=lambda c: max((m.max_abs for m in c.metrics.values()), default=0.0))
+        warnings.warn(ParityWarning(
+            f"[{spec.id} {mode}] {len(warned)} of {len(selected)} chunks above the contract's warn level "
+            f"(within tolerance); worst: " + " | ".join(describe_chunk(worst_c, session.contract))), stacklevel=1)
+    lines = gates.describe(session.contract)
+    if lines:
+        pytest.fail("\n".join([*lines, _repro(request, session, spec, None)]), pytrace=False)
+
+
+def judge_stability(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec) -> None:
+    """Body of the stability (drift) test of one backend's closed loop."""
+    __tracebackhide__ = True
+    _run_or_verdict(request, session, spec, CLOSED_LOOP, lambda why: record(request, StabilitySummary(
+        spec.id, CLOSED_LOOP, "skip", reason=why)))
+    st = session.stability(spec)
+    lines = st.describe()
+    if st.errored:
+        pytest.fail("\n".join(lines), pytrace=False)
+    record(request, StabilitySummary(spec.id, CLOSED_LOOP, st.verdict, spec.precision, st.outputs_dict(),
+                                     {str(k): v for k, v in st.cache_len.items()}, st.gate_reason))
+    if not st.results:
+        pytest.fail("\n".join(lines), pytrace=False)
+    if st.verdict == "fail":
+        pytest.fail("\n".join([*lines, _repro(request, session, spec, None)]), pytrace=False)
+    if lines:
+        warnings.warn(ParityWarning("\n".join(lines)), stacklevel=1)

@@ -1,0 +1,45 @@
+"""The ``repro: pytest ...`` line of a failure: reruns just that case from the directory pytest was started in."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from streamparity.backends.base import BackendSpec
+from streamparity.session import SessionConfig
+
+
+def repro_line(config: pytest.Config, cfg: SessionConfig, nodeid: str, spec: BackendSpec, chunk: int | None) -> str:
+    """The node id made relative to the invocation directory, and every option that changes what is judged.  A
+    per-chunk case reruns that chunk; a run-level case (gates, stability) reruns the same chunk selection.  Its
+    reports go to ``<report-dir>/repro``, so pasting the line does not overwrite the failing run's summary."""
+    opt = config.option
+    path, sep, rest = nodeid.partition("::")
+    here = Path(str(config.invocation_params.dir))
+    test_file = os.path.relpath(Path(str(config.rootpath)) / path, here)
+    args = ["pytest", test_file + sep + rest]
+    for flag, val in (("--contract", opt.contract), ("--onnx", opt.onnx), ("--reference", opt.reference),
+                      ("--offline-reference", opt.offline_reference), ("--engine-dir", opt.engine_dir)):
+        if val is not None:
+            args.append(f"{flag}={val}")  # '=': a bare existing path would move pytest's rootdir
+    report_dir = os.path.relpath(cfg.report_dir, here) if opt.report_dir is None else str(opt.report_dir)
+    args.append(f"--report-dir={os.path.join(report_dir, 'repro')}")
+    args.append(f"--backend={spec.id}")
+    if chunk is not None:
+        args.append(f"--chunks={chunk}")
+    elif cfg.chunks is not None:
+        args.append(f"--chunks={cfg.chunks.text}")
+    if opt.fail_on_warn:
+        args.append("--fail-on-warn")
+    # plugins the run loaded with -p (e.g. a backend registered by a test plugin) are needed to rerun it
+    given = list(config.invocation_params.args)
+    for i, a in enumerate(given):
+        name = a[2:] if a.startswith("-p") and len(a) > 2 else \
+            given[i + 1] if a == "-p" and i + 1 < len(given) else None
+        if name and not name.startswith("no:"):
+            args += ["-p", name]
+    args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
+    return "repro: " + shlex.join(args)

@@ -1,0 +1,180 @@
+"""The plugin's session object: every hook of :mod:`streamparity.pytest_plugin.plugin` is one call into it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamparity import __version__
+from streamparity.backends.base import BackendSpec
+from streamparity.environment import environment
+from streamparity.errors import BackendUnavailable, StreamparityError
+from streamparity.pytest_plugin.options import REBUILD_SINCE_KEY, check_rootdir, register_markers, session_config
+from streamparity.reports.collector import SummaryCollector
+from streamparity.results.records import FUNCTIONAL, MODES, record_from_dict
+from streamparity.session import ParitySession
+
+PROPERTY = "streamparity"
+"""The test-report property that holds a test's record (``to_dict``); it travels from xdist workers."""
+_KEY = pytest.StashKey["PluginSession"]()
+
+
+def plugin_session(config: pytest.Config) -> PluginSession:
+    return config.stash[_KEY]
+
+
+def _marks(spec: BackendSpec) -> list[pytest.MarkDecorator]:
+    marks = []
+    if spec.needs_gpu:
+        marks.append(pytest.mark.gpu)
+    if spec.kind == "trt":
+        marks.append(pytest.mark.trt)
+    return marks
+
+
+def _mode_of(metafunc: pytest.Metafunc) -> str:
+    for m in metafunc.definition.iter_markers():
+        if m.name in MODES:
+            return m.name
+    raise pytest.UsageError(f"{metafunc.definition.nodeid}: mark the test functional or closed_loop")
+
+
+class PluginSession:
+    """The run's settings, its :class:`ParitySession` (built once, lazily) and the collector of results."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.cfg = session_config(config)
+        self.fail_on_warn = bool(config.option.fail_on_warn)
+        self.collector = SummaryCollector()
+        self._parity: ParitySession | StreamparityError | None = None
+
+    @classmethod
+    def configure(cls, config: pytest.Config) -> None:
+        register_markers(config)
+        session = cls(config)
+        config.stash[_KEY] = session
+        config.pluginmanager.register(session, "streamparity-session")  # for pytest_runtest_logreport
+        check_rootdir(config)
+        if not (getattr(config.option, "help", False) or getattr(config.option, "version", False)):
+            session.parity()  # report bad inputs now, as one usage error, not as collection tracebacks
+
+    def parity(self) -> ParitySession:
+        if self._parity is None:
+            try:
+                self._parity = ParitySession(self.cfg)
+            except StreamparityError as e:
+                self._parity = e
+        if isinstance(self._parity, StreamparityError):
+            raise pytest.UsageError(f"streamparity: {self._parity}")
+        return self._parity
+
+    def configure_node(self, node: Any) -> None:
+        """xdist controller: hand the run's settings to each worker."""
+        if self.cfg.rebuild_since is not None:
+            node.workerinput[REBUILD_SINCE_KEY] = self.cfg.rebuild_since
+
+    # -- parametrization ----------------------------------------------------------------
+    def parametrize(self, metafunc: pytest.Metafunc) -> None:
+        names = metafunc.fixturenames
+        if not any(n in names for n in ("parity_case", "parity_gate_case", "backend_spec")):
+            return
+        session = self.parity()
+        specs = self.cfg.backends
+        if "parity_case" in names:
+            mode = _mode_of(metafunc)
+            chunks = session.selected(mode)
+            params = [pytest.param((spec, mode, k), id=f"{spec.id}-chunk{k:03d}", marks=_marks(spec))
+                      for spec in specs for k in chunks]
+            if not params:
+                params = [pytest.param(None, id=f"no-{mode}-chunks", marks=pytest.mark.skip(
+                    reason=session.no_chunks_reason(mode)))]
+            metafunc.parametrize("parity_case", params)
+        elif "parity_gate_case" in names:
+            mode = _mode_of(metafunc)
+            metafunc.parametrize("parity_gate_case", [pytest.param((spec, mode), id=f"{spec.id}-{mode}",
+                                                                   marks=_marks(spec)) for spec in specs])
+        else:
+            metafunc.parametrize("backend_spec", [pytest.param(s, id=s.id, marks=_marks(s)) for s in specs])
+
+    # -- reporting ----------------------------------------------------------------------
+    def report_header(self) -> list[str]:
+        env = environment()
+        cfg = self.cfg
+        lines = [
+            f"streamparity {__version__}: contract {cfg.contract}",
+            f"backends: {', '.join(b.id for b in cfg.backends)}"
+            + (f"; chunks {cfg.chunks.text}" if cfg.chunks else ""),
+            "versions: " + ", ".join(f"{k} {env[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "torch",
+                                                                  "nemo-toolkit", "numpy") if k in env)
+            + (f"; onnxruntime providers {', '.join(env['onnxruntime_providers'])}"
+               if env.get("onnxruntime_providers") else ""),
+            "devices: " + (", ".join(env["gpus"]) if env["gpus"] else "no CUDA GPU") + f"; cpu {env['cpu']} x"
+            f"{env['cpu_count']}",
+            "tensorrt: " + _tensorrt_status(),
+        ]
+        if isinstance(self._parity, ParitySession):
+            s = self._parity
+            ids = s.reference.chunk_ids
+            lines.append(f"reference: {s.reference.path} ({len(ids)} chunks, {ids[0]}..{ids[-1]}; functional: "
+                         f"{len(s.selected(FUNCTIONAL))} selected, closed loop: "
+                         f"{len(s.closed_loop_chunks())} selected)")
+            if cfg.chunks is not None:
+                outside = [f"{lo}-{hi}" for lo, hi in cfg.chunks.ranges if lo < ids[0] or hi > ids[-1]]
+                if outside:
+                    lines.append(f"WARNING: --chunks {cfg.chunks.text} reaches outside the reference "
+                                 f"({ids[0]}..{ids[-1]}): {', '.join(outside)} clipped")
+        return lines
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Collect the records of the tests (in the controller under xdist: user_properties travel with reports)."""
+        if report.when != "call" and not (report.when == "setup" and report.skipped):
+            return
+        for name, payload in report.user_properties:
+            if name == PROPERTY and isinstance(payload, dict):
+                rec = record_from_dict(payload)
+                self.collector.add(report.nodeid, report.outcome, rec if rec is not None else payload)
+
+    def terminal_summary(self, terminalreporter: Any) -> None:
+        if hasattr(self.config, "workerinput") or not self.collector.records:
+            return
+        if self.collector.rows():  # a benchmark-only run has no parity rows: no empty table
+            terminalreporter.section("streamparity summary")
+            for line in self.collector.table_lines():
+                terminalreporter.write_line(line)
+        try:
+            for p in self.collector.write(self.cfg.report_dir, self.summary_meta()):
+                terminalreporter.write_line(f"streamparity: wrote {p}")
+        except OSError as e:
+            terminalreporter.write_line(f"streamparity: could not write the report: {e}")
+
+    def summary_meta(self) -> dict[str, Any]:
+        cfg = self.cfg
+        meta: dict[str, Any] = {"environment": environment(), "contract": str(cfg.contract),
+                                "backends": [b.id for b in cfg.backends],
+                                "chunks": cfg.chunks.text if cfg.chunks else "all"}
+        if isinstance(self._parity, ParitySession):
+            s = self._parity
+            meta["reference"] = str(s.reference.path)
+            meta["onnx"] = str(s.onnx)
+            meta["contract_name"] = s.contract.name
+            meta["known_issues"] = [{"id": k.id, "outputs": list(k.outputs), "reason": k.reason, "status": k.status}
+                                    for k in s.contract.known_issues]
+            meta["reference_check"] = s.reference_report().to_dict()
+        return meta
+
+    def close(self) -> None:
+        if isinstance(self._parity, ParitySession):
+            self._parity.close()
+
+
+def _tensorrt_status() -> str:
+    try:
+        from streamparity.backends.tensorrt.loader import load_tensorrt
+
+        return str(load_tensorrt().__version__)
+    except BackendUnavailable as e:
+        return f"unavailable, trt tests will skip ({e})"
+    except Exception as e:  # a broken install must not break the header
+        return f"unavailable, trt tests will skip ({type(e).__name__}: {e})"
