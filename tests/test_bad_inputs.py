@@ -161,7 +161,7 @@ def test_check_reference_rejects(tmp_path: Path, case: str, how: dict[str, Any],
 @pytest.mark.parametrize(("case", "how", "needles"), CORPUS, ids=[c[0] for c in CORPUS])
 def test_parity_run_rejects(tmp_path: Path, case: str, how: dict[str, Any], needles: list[str]) -> None:
     bad = _make(tmp_path, how)
-    r = run_pytest("-m", "parity", "tests/parity/test_parity.py", "--reference", str(bad), "--backend",
+    r = run_pytest("-m", "parity", "suite/parity/test_parity.py", "--reference", str(bad), "--backend",
                    "ort-cpu-fp32", "-p", "no:xdist", "-q", "-x", "--report-dir", str(tmp_path / "rep"))
     assert_clean_error(r, str(bad), *needles[-1:])
 
@@ -191,7 +191,7 @@ def test_contract_violating_the_schema(tmp_path: Path) -> None:
     bad = _bad_contract(tmp_path)
     r = run_cli("check-reference", str(TINY_REFERENCE), "--contract", str(bad), "--no-bench")
     assert_clean_error(r, str(bad), "schema violation at $.cache_layout", "field '$.cache_layout'", code=2)
-    r = run_pytest("-m", "parity", "tests/parity/test_parity.py", "--contract", str(bad), "-p", "no:xdist", "-q")
+    r = run_pytest("-m", "parity", "suite/parity/test_parity.py", "--contract", str(bad), "-p", "no:xdist", "-q")
     assert_clean_error(r, str(bad), "schema violation at $.cache_layout")
 
 
@@ -221,7 +221,7 @@ def test_onnx_io_disagrees_with_the_contract(tmp_path: Path) -> None:
     needles = ("model has no output 'encoded_lengths'", "field 'outputs.encoded_lengths'")
     r = run_cli("bisect", "--chunk", "0", "--onnx", str(bad))
     assert_clean_error(r, str(bad), *needles, code=2)
-    r = run_pytest("-m", "parity", "tests/parity/test_parity.py", "--onnx", str(bad), "--backend", "ort-cpu-fp32",
+    r = run_pytest("-m", "parity", "suite/parity/test_parity.py", "--onnx", str(bad), "--backend", "ort-cpu-fp32",
                    "--chunks", "0", "-p", "no:xdist", "-q", "--report-dir", str(tmp_path / "rep"))
     assert_clean_error(r, str(bad), *needles)
 

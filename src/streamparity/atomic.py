@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Atomic writes: a temporary file in the same folder, fsync, rename; nothing half-written is ever read."""
 
 from __future__ import annotations
 

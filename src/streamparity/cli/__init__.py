@@ -1,1 +1,1 @@
-"""TODO"""
+"""The ``streamparity`` command line: ``main`` dispatches to one ``cmd_*`` module per command."""

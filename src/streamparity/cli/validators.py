@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""argparse validators of the command line: each rejects a bad value with a one-line reason."""
 
 from __future__ import annotations
 

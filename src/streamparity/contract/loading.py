@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Loading a contract: JSON schema validation (every violation names its JSON path), semantic checks, parsing."""
 
 from __future__ import annotations
 

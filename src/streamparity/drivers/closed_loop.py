@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Closed loop: the backend's own caches fed back from chunk 0, as a deployed runtime runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Functional mode: the reference's caches in, every chunk on its own."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""One chunk judged: its outputs compared with the reference and the contract invariants checked."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The reference writer: one chunk per line, written to a temporary file and renamed when complete."""
 
 from __future__ import annotations
 

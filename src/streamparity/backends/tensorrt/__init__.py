@@ -1,1 +1,1 @@
-"""TODO"""
+"""TensorRT: loading the module and building plans (``loader``), running them (``runner``), the plan cache."""

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Loading TensorRT and building plans: parser, optimization profiles from the contract, precision options."""
 
 from __future__ import annotations
 

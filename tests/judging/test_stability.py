@@ -19,7 +19,7 @@ from streamparity.results.records import RunResult
 from streamparity.session import ParitySession, SessionConfig
 from tests.drift_fault import DEFAULT_RATE, DriftBackend
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GATE = StabilityGate(max_slope_per_chunk=1e-7, slope_sigma=3.0, max_late_early_ratio=3.0, window=50)
 TOL = Tolerance(atol=1e-4, rtol=1e-4, reason="test", warn_atol=2e-5, p99_max_abs=5e-5)
 

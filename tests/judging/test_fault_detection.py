@@ -14,8 +14,7 @@ from streamparity.backends.registry import parse_backend_spec
 from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL
 from streamparity.session import ParitySession, SessionConfig
 from streamparity.tools import onnx_faults as F
-
-from .conftest import TINY_CONTRACT, TINY_ONNX
+from tests.conftest import TINY_CONTRACT, TINY_ONNX
 
 FP32 = parse_backend_spec("ort-cpu-fp32")
 
@@ -102,8 +101,7 @@ def test_baseline_gate_compares_with_ort_at_the_same_precision():
 def test_runtime_much_worse_than_ort_fails_the_baseline_gate():
     """A runtime whose caches drift is judged against ORT FP32 on the same ONNX and found 4x+ worse."""
     from streamparity.backends.ort import OrtBackend
-
-    from .drift_fault import DriftBackend
+    from tests.drift_fault import DriftBackend
 
     s = _session()
     spec = parse_backend_spec("drift-cpu-fp32", check_kind=False)  # the kind is registered by the -p plugin only

@@ -25,7 +25,7 @@ def broken_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     d = tmp_path_factory.mktemp("broken")
     onnx = onnx_faults.save(onnx_faults.break_node(onnx_faults.load(TINY_ONNX), BROKEN_NODE, 1.5),
                             d / "broken.onnx")
-    r = run_pytest("-m", "parity", "tests/parity/test_parity.py", "--onnx", str(onnx), "--backend", "ort-cpu-fp32",
+    r = run_pytest("-m", "parity", "suite/parity/test_parity.py", "--onnx", str(onnx), "--backend", "ort-cpu-fp32",
                    "--chunks", "0-3", "--report-dir", str(d / "reports"), "-p", "no:xdist", "-q")
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     return onnx, r.stdout
@@ -169,7 +169,7 @@ def test_bisect_on_tensorrt_without_tensorrt_says_what_is_missing(broken_run: tu
         import tensorrt
 
         if hasattr(tensorrt, "Builder"):
-            pytest.skip("TensorRT is installed: tests/test_trt_backend.py bisects on it")
+            pytest.skip("TensorRT is installed: tests/backends/test_trt_backend.py bisects on it")
     except ImportError:
         pass
     assert r.returncode == 2, r.stdout + r.stderr

@@ -9,8 +9,7 @@ import pytest
 
 from streamparity.contract.loading import load_contract
 from streamparity.errors import ContractError
-
-from .conftest import ROOT, TINY_CONTRACT
+from tests.conftest import ROOT, TINY_CONTRACT
 
 CONTRACTS = sorted((ROOT / "contracts").glob("*.contract.json"))
 

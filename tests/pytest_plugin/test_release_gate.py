@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_ONNX = REPO / "fixtures" / "tiny" / "encoder.onnx"
 GATE = "--benchmark-compare-fail=median:50%"
 EXTRA_LAYERS = 10
@@ -67,7 +67,7 @@ def add_dead_work(src: Path, dst: Path, *, layers: int = EXTRA_LAYERS, dim: int 
 
 
 def run_bench(tmp: Path, storage: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "pytest", "tests/benchmarks/test_latency.py", "-m", "benchmark", "-p", "no:xdist",
+    cmd = [sys.executable, "-m", "pytest", "suite/benchmarks/test_latency.py", "-m", "benchmark", "-p", "no:xdist",
            f"--rootdir={REPO}", "--backend=ort-cpu-fp32", f"--report-dir={tmp / 'report'}",
            f"--benchmark-storage=file://{storage}", "--benchmark-timer=time.process_time", *args]
     env = {**os.environ, "STREAMPARITY_BENCH_ROUNDS": "200"}

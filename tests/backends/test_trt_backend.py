@@ -22,7 +22,7 @@ from streamparity.errors import BackendUnavailable
 
 
 def _tiny() -> Any:
-    """tests/test_device_loop.py's toy encoder builder, loaded by path (works in any import mode)."""
+    """tests/backends/test_device_loop.py's toy encoder builder, loaded by path (works in any import mode)."""
     spec = importlib.util.spec_from_file_location("_sp_tiny_encoder", Path(__file__).with_name("test_device_loop.py"))
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -14,8 +14,7 @@ from streamparity.backends.memory import NumpyOps
 from streamparity.backends.ort import OrtBackend, OrtIOBindingRunner
 from streamparity.drivers.closed_loop import initial_state
 from streamparity.reference.reader import ReferenceFile
-
-from .conftest import TINY_ONNX, TINY_REFERENCE
+from tests.conftest import TINY_ONNX, TINY_REFERENCE
 
 
 def test_iobinding_loop_equals_host_loop(tiny_contract):

@@ -1,7 +1,8 @@
 """`streamparity check-reference`: validation, index, throughput against json.loads, memory, random access.
 
 The full-size figures need a generated full-size reference (not committed, ~4 GB):
-``STREAMPARITY_FULLSIZE_REFERENCE=/work/big/fullsize/reference.jsonl pytest -m slow tests/test_check_reference.py``
+``STREAMPARITY_FULLSIZE_REFERENCE=/work/big/fullsize/reference.jsonl \
+pytest -m slow tests/reference/test_check_reference.py``
 (and ``STREAMPARITY_FULLSIZE_ONNX`` for the closed loop's memory bound).
 """
 
@@ -93,7 +94,7 @@ def test_fullsize_closed_loop_memory_is_bounded(tmp_path: Path) -> None:
     """The closed loop over the whole full-size reference holds the model plus a few chunks, never the file."""
     assert FULL_REF is not None and FULL_ONNX is not None
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "parity", "tests/parity/test_parity.py",
+    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "parity", "suite/parity/test_parity.py",
                         "-k", "closed_loop", f"--contract={FULLSIZE_CONTRACT}", f"--reference={FULL_REF}",
                         f"--onnx={FULL_ONNX}", "--backend=ort-cpu-fp32", "-p", "no:xdist", "-q",
                         f"--report-dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=3600,

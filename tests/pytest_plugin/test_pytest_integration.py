@@ -10,8 +10,7 @@ import shlex
 import pytest
 
 from streamparity.tools import onnx_faults as F
-
-from .conftest import ROOT, TINY_ONNX, run_pytest
+from tests.conftest import ROOT, TINY_ONNX, run_pytest
 
 HAS_XDIST = importlib.util.find_spec("xdist") is not None
 

@@ -8,7 +8,7 @@ on GPU backends the split of a step into compute and copies, timed with CUDA eve
 
 The contract's target (``latency.target_ms``, compared with the P95 step) is enforced only when the
 running GPU matches ``latency.device`` (and the backend runs on it at ``latency.precision``); anywhere
-else it is only reported.  Release gate (baseline vs candidate): see tests/test_release_gate.py.
+else it is only reported.  Release gate (baseline vs candidate): see tests/pytest_plugin/test_release_gate.py.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from streamparity.reference.reader import ReferenceFile
-
-from .conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli
+from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("nemo") is None,
                                 reason="NeMo is not installed (pip install 'streamparity[nemo]')")

@@ -13,8 +13,7 @@ from streamparity.errors import ReferenceInvalid
 from streamparity.reference.checks import check_reference, require_valid
 from streamparity.reference.reader import ReferenceFile
 from streamparity.reference.writer import ReferenceWriter
-
-from .conftest import TINY_CONTRACT, TINY_REFERENCE, run_cli, run_pytest
+from tests.conftest import TINY_CONTRACT, TINY_REFERENCE, run_cli, run_pytest
 
 HAS_NEMO = importlib.util.find_spec("nemo") is not None
 

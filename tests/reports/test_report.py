@@ -79,8 +79,8 @@ def test_drifted_run_fails_stability_only(drifted: tuple[Any, dict[str, Any], Pa
     p, doc, report = drifted
     assert p.returncode == 1
     out = p.stdout
-    assert "FAILED tests/parity/test_stability.py::test_closed_loop_stability[drift-cpu-fp32-closed_loop]" in out
-    assert "FAILED tests/parity/test_parity.py::test_closed_loop[" not in out  # every chunk within tolerance
+    assert "FAILED suite/parity/test_stability.py::test_closed_loop_stability[drift-cpu-fp32-closed_loop]" in out
+    assert "FAILED suite/parity/test_parity.py::test_closed_loop[" not in out  # every chunk within tolerance
     assert "significantly above the limit 1e-07" in out and "slope" in out and "±" in out
     run = _run_of(doc, "drift-cpu-fp32")
     assert run["failed"] == 0 and run["chunks"] == 100
