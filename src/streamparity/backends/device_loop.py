@@ -3,7 +3,8 @@
 The loop is written against two small protocols: :class:`DeviceOps` (raw byte buffers: alloc, copies,
 memset) and :class:`DeviceRunner` (run the model on device tensors).  Cache outputs are written into the
 spare half of a ping-pong pair and become the next chunk's cache inputs without leaving the device; with
-``cache_output_time_dim == "dynamic_pad_to_input"`` they are padded with zeros on the device, on the contract's ``cache_pad_side``.
+``cache_output_time_dim == "dynamic_pad_to_input"`` they are padded with zeros on
+the device, on the contract's ``cache_pad_side``.
 Only audio + length go in per chunk, and only the compared outputs come out.
 
 :class:`NumpyOps` + :class:`HostBackendRunner` run the same loop in host memory around any host backend;

@@ -150,7 +150,9 @@ def _profiles(doc: dict[str, Any], kind: str, inputs: list[dict[str, Any]],
               prov: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     raw = ((doc.get("trt") or {}).get("profiles") or {}).get("encoder_streaming", []) if kind == "model" \
         else doc.get("trt_optimization_profiles", [])
-    out, t_all, b_all = [], [], []
+    out: list[dict[str, Any]] = []
+    t_all: list[int] = []
+    b_all: list[int] = []
     for p in raw:
         if kind == "model":
             t, b = p.get("audio_signal_T"), p.get("batch")

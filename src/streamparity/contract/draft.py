@@ -123,18 +123,20 @@ def _todo_streaming() -> dict[str, Any]:
         "valid_out_len": todo(f"encoder steps each chunk emits ({need})"),
         "cache_channel_size": todo(f"attention cache frames, last_channel_cache_size ({need})"),
         "cache_time_size": todo(f"conv cache frames, the conv left context ({need})"),
-        "cache_len": {"rule": "saturating_add", "initial": 0, "step": todo(f"frames the cache grows per chunk ({need})"),
+        "cache_len": {"rule": "saturating_add", "initial": 0,
+                      "step": todo(f"frames the cache grows per chunk ({need})"),
                       "max": todo("the attention cache size")},
     }
 
 
-def _tensor(section: str, i: int, t: Any, layout: str | None, s: dict[str, Any], prov: dict[str, str]) -> dict[str, Any]:
+def _tensor(section: str, i: int, t: Any, layout: str | None, s: dict[str, Any],
+            prov: dict[str, str]) -> dict[str, Any]:
     role = infer_role(t.name, section, len(t.shape))
     if role is None:
         raise ContractError(f"cannot tell the role of {section[:-1]} {t.name!r} {t.shape} from its name and rank "
                             "(expected NeMo's names: audio_signal, length, cache_last_channel, ...)", field=section)
     batch_axis = (1 if layout == "layers_first" else 0) if role in _CACHE else 0
-    named = {batch_axis: "B"}
+    named: dict[int, int | str] = {batch_axis: "B"}
     if role == ROLE_AUDIO:
         named[2] = "T"
     elif role == ROLE_ENCODED:

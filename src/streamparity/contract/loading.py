@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 
+from streamparity.contract.markers import json_path, undecided_fields
 from streamparity.contract.model import (
     CACHE_ROLES,
     ROLE_AUDIO,
@@ -34,7 +35,6 @@ from streamparity.contract.model import (
     TensorSpec,
     Tolerance,
 )
-from streamparity.contract.markers import json_path, undecided_fields
 from streamparity.errors import ContractError
 
 
