@@ -92,8 +92,11 @@ class Backend(abc.ABC):
         pass
 
 
-def pad_cache_to(array: np.ndarray, like: tuple[int, ...], *, name: str) -> np.ndarray:
-    """Left-pad (zeros) a dynamic cache output along its time axis up to the input cache shape."""
+def pad_cache_to(array: np.ndarray, like: tuple[int, ...], *, name: str, side: str = "left") -> np.ndarray:
+    """Pad (zeros) a dynamic cache output along its time axis up to the input cache shape.
+
+    ``side`` is the contract's ``streaming.cache_pad_side``: left keeps the valid frames at the end (NeMo),
+    right keeps them as a prefix (the checklist's runtime)."""
     if array.shape == like:
         return array
     if array.ndim != len(like):
@@ -102,7 +105,7 @@ def pad_cache_to(array: np.ndarray, like: tuple[int, ...], *, name: str) -> np.n
     for got, want in zip(array.shape, like):
         if got > want:
             raise ValueError(f"{name}: shape {list(array.shape)} exceeds input cache shape {list(like)}")
-        pads.append((want - got, 0))
+        pads.append((want - got, 0) if side == "left" else (0, want - got))
     return np.pad(array, pads)
 
 
@@ -118,6 +121,7 @@ class HostStream(Stream):
         self.cache_inputs = [c.input_by_role(r).name for r in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN)]
         self.state: dict[str, np.ndarray] = {k: np.asarray(initial[k]).copy() for k in self.cache_inputs}
         self.pad = c.streaming.cache_output_time_dim == "dynamic_pad_to_input"
+        self.pad_side = c.streaming.cache_pad_side
         self.fetch_caches = fetch_caches
         self.last_cache_len_in: np.ndarray = self.state[c.input_by_role(ROLE_CACHE_LEN).name].copy()
 
@@ -133,6 +137,6 @@ class HostStream(Stream):
         for out_name, in_name in self.feeds_map.items():
             v = out[out_name]
             if self.pad:
-                v = pad_cache_to(v, self.state[in_name].shape, name=out_name)
+                v = pad_cache_to(v, self.state[in_name].shape, name=out_name, side=self.pad_side)
             self.state[in_name] = v
         return out

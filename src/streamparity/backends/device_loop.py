@@ -3,7 +3,8 @@
 The loop is written against two small protocols: :class:`DeviceOps` (raw byte buffers: alloc, copies,
 memset) and :class:`DeviceRunner` (run the model on device tensors).  Cache outputs are written into the
 spare half of a ping-pong pair and become the next chunk's cache inputs without leaving the device; with
-``cache_output_time_dim == "dynamic_pad_to_input"`` they are left-padded with zeros on the device.
+``cache_output_time_dim == "dynamic_pad_to_input"`` they are padded with zeros on
+the device, on the contract's ``cache_pad_side``.
 Only audio + length go in per chunk, and only the compared outputs come out.
 
 :class:`NumpyOps` + :class:`HostBackendRunner` run the same loop in host memory around any host backend;
@@ -80,8 +81,8 @@ class BufferPool(Generic[B]):
 
 
 def pad_left_on_device(ops: DeviceOps[B], dst: B, dst_shape: Shape, src: B, src_shape: Shape,
-                       itemsize: int, *, name: str) -> None:
-    """Device version of :func:`base.pad_cache_to`: zeros on the left of the one axis that is shorter."""
+                       itemsize: int, *, name: str, side: str = "left") -> None:
+    """Device version of :func:`base.pad_cache_to`: zeros on ``side`` of the one axis that is shorter."""
     if len(src_shape) != len(dst_shape):
         raise ValueError(f"{name}: rank {len(src_shape)} cannot be padded to {list(dst_shape)}")
     if any(s > d for s, d in zip(src_shape, dst_shape, strict=True)):
@@ -102,7 +103,7 @@ def pad_left_on_device(ops: DeviceOps[B], dst: B, dst_shape: Shape, src: B, src_
     dst_pitch = dst_shape[axis] * inner
     ops.memset0(dst, rows * dst_pitch)
     if rows and src_pitch:
-        ops.copy2d(dst, dst_pitch - src_pitch, dst_pitch, src, src_pitch, src_pitch, rows)
+        ops.copy2d(dst, dst_pitch - src_pitch if side == "left" else 0, dst_pitch, src, src_pitch, src_pitch, rows)
 
 
 def run_once(contract: Contract, ops: DeviceOps[B], runner: DeviceRunner[B], pool: BufferPool[B],
@@ -208,7 +209,7 @@ class DeviceLoopStream(Stream, Generic[B]):
                 want = self.cur[in_name].shape
                 dst = self._spare(in_name, nbytes_of(want, dtype))
                 pad_left_on_device(ops, dst, want, where[out_name], shapes[out_name], dtype.itemsize,
-                                   name=out_name)
+                                   name=out_name, side=self.contract.streaming.cache_pad_side)
                 self.cur[in_name] = DeviceTensor(dst, want, dtype)
             else:
                 self.cur[in_name] = DeviceTensor(where[out_name], shapes[out_name], dtype)

@@ -1,10 +1,10 @@
-"""Loading a contract: JSON schema validation (every violation names its JSON path), semantic checks, parsing."""
+"""Contract loading: schema validation (every violation listable), undecided-field refusal, parsing, semantics."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 
+from streamparity.contract.markers import json_path, undecided_fields
 from streamparity.contract.model import (
     CACHE_ROLES,
     ROLE_AUDIO,
@@ -45,44 +46,49 @@ def schema() -> dict[str, Any]:
 
 
 
-def _json_path(path: Sequence[Any]) -> str:
-    out = "$"
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return out
-
-
-
-def _nonfinite(doc: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-    """Path of the first NaN or Infinity in a parsed document (Python's json accepts both)."""
+def _nonfinite(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths of every NaN or Infinity in a parsed document (Python's json accepts both)."""
     if isinstance(doc, float) and not math.isfinite(doc):
-        return path
+        return [path]
     items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-    for k, v in items:
-        found = _nonfinite(v, (*path, k))
-        if found is not None:
-            return found
-    return None
+    return [p for k, v in items for p in _nonfinite(v, (*path, k))]
 
+
+def schema_violations(doc: Any) -> list[tuple[str, str]]:
+    """Every schema violation as (JSON path, message), outermost first."""
+    # JSON Schema's "number" lets NaN through, and a NaN tolerance passes every comparison
+    found = [(json_path(p), "NaN and Infinity are not valid numbers in a contract") for p in _nonfinite(doc)]
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted((leaf for e in validator.iter_errors(doc) for leaf in _leaves(e)),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    return found + [(json_path(e.absolute_path), e.message) for e in errors]
+
+
+def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """A value-or-TODO ``anyOf`` failure, reported as the branch the value meant (its own errors, not 'any of')."""
+    if err.validator != "anyOf" or not err.context:
+        return [err]
+    meant_todo = isinstance(err.instance, str) and err.instance.startswith("TODO")
+    branch = [c for c in err.context if c.relative_schema_path and c.relative_schema_path[0] == int(meant_todo)]
+    return [leaf for c in branch for leaf in _leaves(c)] or [err]
 
 
 def validate_document(doc: Any, file: str) -> None:
-    bad = _nonfinite(doc)
-    if bad is not None:  # JSON Schema's "number" lets NaN through, and a NaN tolerance passes every comparison
-        raise ContractError(f"schema violation at {_json_path(bad)}: NaN and Infinity are not valid numbers "
-                            "in a contract", file=file, field=_json_path(bad))
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = schema_violations(doc)
     if errors:
-        err = errors[0]
-        shown = "; ".join(f"{_json_path(e.absolute_path)}: {e.message}" for e in errors[1:4])
+        where, message = errors[0]
+        shown = "; ".join(f"{p}: {m}" for p, m in errors[1:4])
         more = f" (also {shown})" if shown else ""
         more += f" (+{len(errors) - 4} more)" if len(errors) > 4 else ""
-        raise ContractError(
-            f"schema violation at {_json_path(err.absolute_path)}: {err.message}{more}",
-            file=file,
-            field=_json_path(err.absolute_path),
-        )
+        raise ContractError(f"schema violation at {where}: {message}{more}", file=file, field=where)
+
+
+def refuse_undecided(doc: Any, file: str) -> None:
+    """A drafted or imported contract still holding ``TODO:`` markers is refused, naming each such field."""
+    todos = undecided_fields(doc)
+    if todos:
+        raise ContractError(f"{len(todos)} field(s) still marked TODO, decide and fill them in: "
+                            + ", ".join(p for p, _ in todos), file=file, field=todos[0][0])
 
 
 
@@ -123,6 +129,8 @@ def _semantic_checks(c: Contract) -> None:
             if tol.warn_atol is not None and tol.warn_atol > tol.atol:
                 raise ContractError(f"warn_atol {tol.warn_atol:g} is above atol {tol.atol:g}", file=f,
                                     field=f"tolerances.{out_name}.{prec}.warn_atol")
+    _precision_coverage(c)
+    _cache_shapes(c)
     enc = c.output_by_role(ROLE_ENCODED)
     if enc.name not in c.tolerances:
         raise ContractError(f"the encoded output {enc.name!r} has no tolerance", file=f, field="tolerances")
@@ -145,8 +153,47 @@ def _semantic_checks(c: Contract) -> None:
 
 
 
+def _precision_coverage(c: Contract) -> None:
+    """No silent fallback: every compared output has a tolerance at every precision any output has."""
+    wanted = set(c.precisions)
+    for name in c.compared_outputs():
+        missing = sorted(wanted - set(c.tolerances[name]))
+        if missing:
+            raise ContractError(f"output {name!r} has no {', '.join(missing)} tolerance while other outputs do "
+                                "(there is no fallback to another precision: give one, with its reason)",
+                                file=str(c.path), field=f"tolerances.{name}.{missing[0]}")
+
+
+def _cache_shapes(c: Contract) -> None:
+    """cache_layout, cache_channel_size and cache_time_size agree with the cache tensors' fixed dims."""
+    f = str(c.path)
+    layers_axis, batch_axis = c.cache_axes()
+    s = c.streaming
+    for section, specs in (("inputs", c.inputs), ("outputs", c.outputs)):
+        for i, t in enumerate(specs):
+            if t.role not in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME):
+                continue
+            where = f"{section}[{i}].shape"
+            if len(t.shape) != 4:
+                raise ContractError(f"cache {t.name} has rank {len(t.shape)}, caches are rank 4", file=f, field=where)
+            if isinstance(t.shape[batch_axis], int) and isinstance(t.shape[layers_axis], str):
+                other = "batch_first" if c.cache_layout == "layers_first" else "layers_first"
+                raise ContractError(f"cache layout mismatch: {t.name} {t.shape_str()} has its layer count at axis "
+                                    f"{batch_axis} ({other}), the contract says {c.cache_layout}", file=f, field=where)
+            if t.role == ROLE_CACHE_TIME:
+                axis, size, key = 3, s.cache_time_size, "cache_time_size"
+            else:
+                axis, size, key = 2, s.cache_channel_size, "cache_channel_size"
+            dim = t.shape[axis]
+            if isinstance(dim, int) and dim != size and not (section == "outputs" and
+                                                            s.cache_output_time_dim == "dynamic_pad_to_input"):
+                raise ContractError(f"{t.name} {t.shape_str()} has {dim} cache frames at axis {axis}, "
+                                    f"streaming.{key} says {size}", file=f, field=f"streaming.{key}")
+
+
 def parse_contract(doc: Any, path: Path) -> Contract:
     validate_document(doc, str(path))
+    refuse_undecided(doc, str(path))
     s = doc["streaming"]
     cl = s["cache_len"]
     streaming = Streaming(
@@ -157,6 +204,7 @@ def parse_contract(doc: Any, path: Path) -> Contract:
         cache_time_size=s["cache_time_size"],
         cache_len=CacheLenRule(cl["rule"], cl["initial"], cl["step"], cl["max"]),
         cache_output_time_dim=s.get("cache_output_time_dim", "fixed"),
+        cache_pad_side=s.get("cache_pad_side", "left"),
         nemo=dict(s.get("nemo", {})),
     )
     tolerances = {

@@ -60,6 +60,7 @@ class Streaming:
     cache_time_size: int
     cache_len: CacheLenRule
     cache_output_time_dim: str = "fixed"
+    cache_pad_side: str = "left"
     nemo: Mapping[str, Any] = field(default_factory=dict)
 
     def frames_for(self, chunk: int) -> int:
@@ -202,14 +203,19 @@ class Contract:
         per = self.tolerances.get(output)
         if per is None:
             raise ContractError(f"no tolerance for output {output!r}", file=str(self.path), field="tolerances")
-        tol = per.get(precision) or per.get("fp32")
-        if tol is None:
+        tol = per.get(precision)
+        if tol is None:  # no fallback to another precision: the loader makes every compared output cover the same set
             raise ContractError(
-                f"no {precision} tolerance for output {output!r}",
+                f"no {precision} tolerance for output {output!r} (the contract has {', '.join(sorted(per))})",
                 file=str(self.path),
-                field=f"tolerances.{output}",
+                field=f"tolerances.{output}.{precision}",
             )
         return tol
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions the contract has tolerances for (every compared output has all of them)."""
+        return tuple(sorted({p for per in self.tolerances.values() for p in per}))
 
     def known_issue(self, issue_id: str) -> KnownIssue | None:
         for k in self.known_issues:
@@ -250,19 +256,3 @@ def _by_role(specs: Sequence[TensorSpec], role: str, path: Path, where: str) -> 
             field=where,
         )
     return found[0]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streamparity.contract.model import Contract
+from streamparity.contract.model import ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, Contract, TensorSpec
 from streamparity.errors import ModelMismatch
 
 _ORT_DTYPES = {
@@ -17,8 +17,41 @@ _ORT_DTYPES = {
 }
 
 
+def model_cache_layout(shape: list[Any], layers: int) -> str | None:
+    """Where a model's cache puts its layer count: batch_first [B, layers, ...], layers_first [layers, B, ...]."""
+    if len(shape) < 2:
+        return None
+    first, second = shape[0], shape[1]
+    if second == layers and first != layers:
+        return "batch_first"
+    if first == layers and second != layers:
+        return "layers_first"
+    return None
+
+
+def _layout_check(contract: Contract, spec: TensorSpec, shape: list[Any], file: str, field: str) -> None:
+    if spec.role not in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME) or len(shape) != len(spec.shape):
+        return
+    layers = spec.shape[contract.cache_axes()[0]]
+    if not isinstance(layers, int):
+        return
+    got = model_cache_layout(shape, layers)
+    if got is not None and got != contract.cache_layout:
+        form = "[B, layers, ...]" if got == "batch_first" else "[layers, B, ...]"
+        raise ModelMismatch(f"cache layout mismatch: the model's {spec.name} is {form} ({got}) {_fmt(shape)}, "
+                            f"the contract says {contract.cache_layout} {spec.shape_str()}", file=file, field=field)
+
+
+def _fmt(shape: list[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
 def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outputs: list[Any]) -> None:
-    """The ONNX's I/O names, ranks, static dims and dtypes must agree with the contract."""
+    """The ONNX's I/O names, dtypes, ranks, cache layout and every fixed and symbolic dim against the contract.
+
+    A dim fixed in both must be equal; a dim the model fixes where the contract has a symbol must be
+    that symbol's whole ``dims`` range; a dim the model leaves symbolic is accepted (the model is more general).
+    """
     file = str(onnx_path)
     got_in = {i.name: i for i in inputs}
     got_out = {o.name: o for o in outputs}
@@ -36,14 +69,35 @@ def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outpu
             if len(shape) != len(spec.shape):
                 raise ModelMismatch(f"{spec.name} has rank {len(shape)} in the model ({shape}), contract says "
                                     f"{spec.shape_str()}", file=file, field=f"{section}.{spec.name}")
+            _layout_check(contract, spec, shape, file, f"{section}.{spec.name}")
             for axis, (m, c) in enumerate(zip(shape, spec.shape)):
-                if isinstance(m, int) and isinstance(c, int) and m != c:
-                    raise ModelMismatch(f"{spec.name} dim {axis} is {m} in the model, {c} in the contract",
-                                        file=file, field=f"{section}.{spec.name}")
+                if not isinstance(m, int) or m <= 0:  # symbolic (or ORT's -1/None): any contract value fits
+                    continue
+                if isinstance(c, int) and m != c:
+                    raise ModelMismatch(f"{spec.name} dim {axis} is {m} in the model {_fmt(shape)}, {c} in the "
+                                        f"contract {spec.shape_str()}", file=file, field=f"{section}.{spec.name}")
+                if isinstance(c, str) and c in contract.dims:
+                    lo, hi = contract.dims[c]
+                    if (lo, hi) != (m, m):
+                        raise ModelMismatch(f"{spec.name} dim {axis} is fixed to {m} in the model {_fmt(shape)}, the "
+                                            f"contract's {c} ranges {lo}..{hi}", file=file,
+                                            field=f"{section}.{spec.name}")
 
 
-def check_onnx_file(contract: Contract, path: Path) -> None:
-    """The file must be an ONNX model whose I/O agrees with the contract (weights are not loaded)."""
+class OnnxTensor:
+    """One graph input or output as ONNX declares it: ``type`` like ORT's ``tensor(float)``, dims int or symbol."""
+
+    def __init__(self, vi: Any) -> None:
+        t = vi.type.tensor_type
+        self.name: str = vi.name
+        self.type = f"tensor({_ONNX_ELEM.get(t.elem_type, str(t.elem_type))})"
+        self.dtype = _ORT_DTYPES.get(self.type, self.type)
+        self.shape: list[Any] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                 for d in t.shape.dim]
+
+
+def read_onnx_io(path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+    """The graph's inputs (initializers excluded) and outputs, without loading weights."""
     try:
         import onnx
 
@@ -53,17 +107,15 @@ def check_onnx_file(contract: Contract, path: Path) -> None:
                             file=str(path)) from None
     if not model.graph.input and not model.graph.output:
         raise ModelMismatch("not an ONNX model (the graph has no inputs or outputs)", file=str(path))
-
-    class _Node:
-        def __init__(self, vi: Any) -> None:
-            t = vi.type.tensor_type
-            self.name = vi.name
-            self.type = f"tensor({_ONNX_ELEM.get(t.elem_type, str(t.elem_type))})"
-            self.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-
     inits = {i.name for i in model.graph.initializer}
-    check_model_io(contract, path, [_Node(v) for v in model.graph.input if v.name not in inits],
-                   [_Node(v) for v in model.graph.output])
+    return ([OnnxTensor(v) for v in model.graph.input if v.name not in inits],
+            [OnnxTensor(v) for v in model.graph.output])
+
+
+def check_onnx_file(contract: Contract, path: Path) -> None:
+    """The file must be an ONNX model whose I/O agrees with the contract (weights are not loaded)."""
+    inputs, outputs = read_onnx_io(path)
+    check_model_io(contract, path, inputs, outputs)
 
 
 _ONNX_ELEM = {1: "float", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "double"}

@@ -1,1 +1,2 @@
-"""Judging: verdicts, metrics, contract invariants, chunk judging, run-level gates, stability, the wording of failures."""
+"""Judging: verdicts, metrics, contract invariants, chunk judging, run-level gates, stability, the wording
+of failures."""

@@ -117,7 +117,7 @@ def _check_chunks(contract: Contract, ref: ReferenceFile, report: ReferenceRepor
                 got = np.asarray(rec.inputs[in_name])
                 if pad and want.shape != got.shape:
                     try:
-                        want = pad_cache_to(want, got.shape, name=out_name)
+                        want = pad_cache_to(want, got.shape, name=out_name, side=contract.streaming.cache_pad_side)
                     except ValueError as e:
                         report.violations.append(Violation(rec.chunk, in_name, str(e)))
                         continue
