@@ -19,6 +19,7 @@ import pytest
 
 from streamparity import __version__
 from streamparity.backends.base import BackendSpec
+from streamparity.backends.external import options as ext_options
 from streamparity.backends.registry import parse_backend_spec, register_backend
 from streamparity.contract.shipped import _contract, contract_registry, default_contract
 from streamparity.drivers.selection import parse_chunks
@@ -109,6 +110,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "provider): for CI jobs that must judge those runtimes (default: off)")
     g.addoption("--fail-on-warn", action="store_true", default=False,
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
+    ext_options.add_options(g)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -121,7 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
         onnx=opt.onnx,
         reference=opt.reference,
         offline=opt.offline_reference,
-        backends=_backends(config),
+        backends=ext_options.session_backends(config, _backends(config)),
         chunks=opt.chunks,
         report_dir=opt.report_dir or root / "reports",
         engine_dir=opt.engine_dir or root / "engines",
@@ -314,6 +316,7 @@ def _repro(config: pytest.Config, nodeid: str, spec: BackendSpec, chunk: int | N
         else str(opt.report_dir)
     args.append(f"--report-dir={os.path.join(report_dir, 'repro')}")
     args.append(f"--backend={spec.id}")
+    args += ext_options.repro_args(spec)
     selection = config.stash[CFG_KEY].chunks
     if chunk is not None:
         args.append(f"--chunks={chunk}")
@@ -358,7 +361,8 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
         bundle = write_bundle(session, res)
         lines = [message, _repro(request.config, request.node.nodeid, spec, chunk)]
         if bundle is not None:
-            lines.append(f"repro: streamparity repro {shlex.quote(str(bundle))} --backend {spec.id}")
+            lines.append(f"repro: streamparity repro {shlex.quote(str(bundle))} --backend {spec.id} "
+                         + shlex.join(ext_options.repro_args(spec)))
         pytest.fail("\n".join(lines), pytrace=False)
     # warn verdicts are counted in the summary and reported once per run by the gate test
 
