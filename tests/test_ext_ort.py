@@ -98,8 +98,8 @@ def test_recording_is_judged_like_the_live_run(tmp_path, tiny_contract):
 def test_pytest_runtime_option_and_repro(tmp_path, broken_models):
     """pytest -m parity --runtime=...: ids, summary, a broken model failing with a repro line that reruns it."""
     cmd = serve_command(broken_models["weight"])
-    r = run_pytest("-m", "parity and functional", f"--runtime=ort:fp32={cmd}", "--chunks=0-3", f"--report-dir={tmp_path}",
-                   "-q", "-p", "no:randomly", "-p", "no:cacheprovider")
+    r = run_pytest("-m", "parity and functional", f"--runtime=ort:fp32={cmd}", "--chunks=0-3",
+                   f"--report-dir={tmp_path}", "-q", "-p", "no:randomly", "-p", "no:cacheprovider")
     assert r.returncode == 1, r.stdout[-3000:]
     assert "test_functional[ext-ort-fp32-chunk002]" in r.stdout
     doc = json.loads((tmp_path / "summary.json").read_text())

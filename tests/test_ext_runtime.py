@@ -48,7 +48,7 @@ def test_frames_round_trip():
 
 
 def test_every_operation(toy):
-    exe, ref, contract = toy
+    exe, ref, _ = toy
     p = RuntimeProcess(str(exe), label="toy", timeout=5)
     try:
         d = p.request("describe", {"protocol": PROTOCOL_VERSION}).header
@@ -118,7 +118,7 @@ def test_version_mismatch_is_refused_at_start(tmp_path, toy):
     _, _, contract = toy
     script = tmp_path / "v2.py"
     script.write_text(
-        "import sys\nsys.path[:0] = %r\n" % sys.path +
+        f"import sys\nsys.path[:0] = {sys.path!r}\n"
         "from streamparity.backends.external import server\n"
         "class H(server.RuntimeHandler):\n"
         "    def describe(self): return {'protocol': 2, 'name': 'v2'}\n"

@@ -18,8 +18,15 @@ import numpy as np
 from streamparity.backends.base import Backend, Stream
 from streamparity.backends.external.client import RuntimeFault, RuntimeProcess
 from streamparity.backends.external.protocol import PROTOCOL_VERSION
-from streamparity.contract.model import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_LEN, ROLE_CACHE_TIME, \
-    ROLE_LENGTH, Contract, TensorSpec
+from streamparity.contract.model import (
+    ROLE_AUDIO,
+    ROLE_CACHE_CHANNEL,
+    ROLE_CACHE_LEN,
+    ROLE_CACHE_TIME,
+    ROLE_LENGTH,
+    Contract,
+    TensorSpec,
+)
 from streamparity.errors import StreamparityError
 
 DEFAULT_TIMEOUT_S = 30.0

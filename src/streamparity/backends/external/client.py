@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import fcntl
 import os
 import select
 import shlex
@@ -26,6 +27,7 @@ import numpy as np
 from streamparity.backends.external.protocol import Frame, ProtocolError, encode_frame, read_frame
 
 STDERR_TAIL = 8
+PIPE_BYTES = 1 << 20
 _LIVE: weakref.WeakSet[RuntimeProcess] = weakref.WeakSet()
 
 
@@ -64,6 +66,11 @@ class RuntimeProcess:
         self._out = self.proc.stdout.fileno()
         os.set_blocking(self._in, False)
         os.set_blocking(self._out, False)
+        for fd in (self._in, self._out):  # 1 MiB pipes (Linux): fewer wake-ups for 25 MB cache tensors
+            try:
+                fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+            except OSError:
+                pass
         self._err_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._err_thread.start()
         _LIVE.add(self)
@@ -93,7 +100,7 @@ class RuntimeProcess:
                 view = view[n:]
 
     def _reader(self, deadline: float) -> Any:
-        def read_exact(n: int) -> bytes:
+        def read_exact(n: int) -> bytearray:
             buf = bytearray(n)
             view = memoryview(buf)
             got = 0
@@ -111,7 +118,7 @@ class RuntimeProcess:
                 if k == 0:
                     raise _Eof("the runtime closed its stdout" + (f" after {got} of {n} bytes" if got else ""))
                 got += k
-            return bytes(buf)
+            return buf  # no copy: numpy wraps it (writable arrays)
         return read_exact
 
     # -- requests --------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def encode_frame(header: Mapping[str, Any], tensors: Mapping[str, np.ndarray] | 
     return [MAGIC + struct.pack("<I", len(head)) + head, *blobs]
 
 
-def read_frame(read_exact: Callable[[int], bytes]) -> Frame:
+def read_frame(read_exact: Callable[[int], bytes | bytearray]) -> Frame:
     """Read one frame with ``read_exact(n)`` (which returns exactly n bytes or raises)."""
     prefix = read_exact(8)
     if prefix[:4] != MAGIC:
@@ -74,7 +74,7 @@ def read_frame(read_exact: Callable[[int], bytes]) -> Frame:
     total = header.get("payload_bytes", sum(sizes))
     if total != sum(sizes) or sum(sizes) > PAYLOAD_MAX:
         raise ProtocolError(f"payload_bytes {total!r} disagrees with the tensors' nbytes (sum {sum(sizes)})")
-    payload = read_exact(total) if total else b""
+    payload: bytes | bytearray = read_exact(total) if total else b""
     tensors: dict[str, np.ndarray] = {}
     off = 0
     for m, size in zip(metas, sizes):

@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 
 from streamparity.backends.base import Backend, Stream
-from streamparity.contract.model import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_LEN, ROLE_CACHE_TIME, \
-    ROLE_LENGTH, Contract
+from streamparity.contract.model import (
+    ROLE_AUDIO,
+    ROLE_CACHE_CHANNEL,
+    ROLE_CACHE_LEN,
+    ROLE_CACHE_TIME,
+    ROLE_LENGTH,
+    Contract,
+)
 from streamparity.drivers.closed_loop import initial_state
 from streamparity.errors import StreamparityError
 from streamparity.reference.reader import ChunkRecord, ReferenceFile
