@@ -361,8 +361,8 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
         bundle = write_bundle(session, res)
         lines = [message, _repro(request.config, request.node.nodeid, spec, chunk)]
         if bundle is not None:
-            lines.append(f"repro: streamparity repro {shlex.quote(str(bundle))} --backend {spec.id} "
-                         + shlex.join(ext_options.repro_args(spec)))
+            lines.append("repro: " + shlex.join(["streamparity", "repro", str(bundle), "--backend", spec.id,
+                                                  *ext_options.repro_args(spec)]))
         pytest.fail("\n".join(lines), pytrace=False)
     # warn verdicts are counted in the summary and reported once per run by the gate test
 
