@@ -12,7 +12,7 @@ from streamparity.backends.base import Backend, BackendSpec
 from streamparity.contract.model import Contract
 from streamparity.errors import BackendUnavailable
 
-_SPEC = re.compile(r"^(?P<kind>[a-z]+)-(?P<device>cpu|cuda)-(?P<precision>fp32|fp16)$")
+_SPEC = re.compile(r"^(?P<kind>[a-z]+)-(?P<device>[a-z][a-z0-9]*)-(?P<precision>fp32|fp16)$")
 _SHORT = {"trt-fp32": "trt-cuda-fp32", "trt-fp16": "trt-cuda-fp16", "ort-fp32": "ort-cpu-fp32",
           "ort-fp16": "ort-cpu-fp16"}
 
@@ -43,9 +43,11 @@ def _torch(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, An
 
 _FACTORIES: dict[str, Factory] = {"ort": _ort, "trt": _trt, "torch": _torch}
 _CUDA_ONLY = {"trt"}
+_NAMED: set[str] = set()  # kinds whose middle part is a runtime's name, not cpu|cuda (ext-NAME-fp32)
 
 
-def register_backend(kind: str, factory: Factory, *, cuda_only: bool = False, replace: bool = False) -> None:
+def register_backend(kind: str, factory: Factory, *, cuda_only: bool = False, replace: bool = False,
+                     named: bool = False) -> None:
     """Add a backend kind: ``factory(spec, contract, onnx, options)`` builds a :class:`Backend` for
     ``KIND-DEVICE-PRECISION`` ids of that kind (or raises BackendUnavailable with a skip reason).  The public
     way to bring your own runtime; pytest plugins use the ``pytest_streamparity_backends`` hook, which calls this."""
@@ -56,6 +58,8 @@ def register_backend(kind: str, factory: Factory, *, cuda_only: bool = False, re
     _FACTORIES[kind] = factory
     if cuda_only:
         _CUDA_ONLY.add(kind)
+    if named:  # ids KIND-NAME-PRECISION: NAME lower-case letters and digits, other than cpu and cuda
+        _NAMED.add(kind)
 
 
 def available_kinds() -> list[str]:
@@ -67,10 +71,13 @@ def parse_backend_spec(text: str, *, check_kind: bool = True) -> BackendSpec:
     the form only (command-line parsing, before plugins have registered their kinds)."""
     t = _SHORT.get(text.strip().lower(), text.strip().lower())
     m = _SPEC.match(t)
+    if m and m.group("device") not in ("cpu", "cuda") and check_kind and m.group("kind") not in _NAMED:
+        m = None
     if not m or (check_kind and m.group("kind") not in _FACTORIES):
         raise argparse.ArgumentTypeError(
             f"invalid backend {text!r}: expected KIND-DEVICE-PRECISION with KIND in {available_kinds()}, "
-            "DEVICE cpu|cuda, PRECISION fp32|fp16 (e.g. ort-cpu-fp32, trt-cuda-fp16)")
+            "DEVICE cpu|cuda (a runtime's NAME for ext and rec), PRECISION fp32|fp16 (e.g. ort-cpu-fp32, "
+            "trt-cuda-fp16, ext-cpp-fp16)")
     if m.group("kind") in _CUDA_ONLY and m.group("device") != "cuda":
         k = m.group("kind")
         raise argparse.ArgumentTypeError(f"invalid backend {text!r}: {'TensorRT' if k == 'trt' else k} runs on cuda "

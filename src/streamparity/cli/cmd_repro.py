@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from streamparity.backends.base import BackendSpec
+from streamparity.backends.external.options import add_cli_arguments, configure_from_args
 from streamparity.backends.registry import create_backend, parse_backend_spec
 from streamparity.contract.loading import load_contract
 from streamparity.contract.model import ROLE_CACHE_LEN, Contract
@@ -41,6 +42,7 @@ def register(sub: Any) -> None:
                    help="contract JSON (default: the bundle's)")
     p.add_argument("--engine-dir", type=Path, default=None, metavar="DIR",
                    help="engine cache folder for TensorRT (default: a temporary folder)")
+    add_cli_arguments(p)  # --runtime/--recorded: to rerun on an out-of-process runtime or a recording
     p.set_defaults(func=run)
 
 
@@ -106,6 +108,7 @@ def _violation_keys(violations: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_from_args(args)
     meta, contract, onnx, inputs, expected, actual = bundle_context(args.bundle, args.contract, args.onnx)
     spec = args.backend or parse_backend_spec(str(meta["backend"]))
     print(f"repro: {args.bundle}: contract {contract.name}, chunk {meta['chunk']} ({meta['mode']}), recorded on "

@@ -15,7 +15,11 @@ COMMAND_MODULES = (
     "streamparity.cli.cmd_check_reference",
     "streamparity.cli.cmd_repro",
     "streamparity.cli.cmd_bisect",
-    "streamparity.cli.cmd_init_contract", "streamparity.cli.cmd_import_contract", "streamparity.cli.cmd_check_contract",
+    "streamparity.cli.cmd_init_contract",
+    "streamparity.cli.cmd_import_contract",
+    "streamparity.cli.cmd_check_contract",
+    "streamparity.cli.cmd_serve_ort",
+    "streamparity.cli.cmd_record",
 )
 
 

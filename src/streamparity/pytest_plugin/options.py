@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamparity.backends.base import BackendSpec
+from streamparity.backends.external import options as ext_options
 from streamparity.backends.registry import parse_backend_spec, register_backend
 from streamparity.contract.shipped import contract_by_name_or_path, contract_registry, default_contract
 from streamparity.drivers.selection import parse_chunks
@@ -70,6 +71,7 @@ def add_options(parser: pytest.Parser) -> None:
                      "provider): for CI jobs that must judge those runtimes (default: off)")
     g.addoption("--fail-on-warn", action="store_true", default=False,
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
+    ext_options.add_options(g)
 
 
 def register_markers(config: pytest.Config) -> None:
@@ -107,7 +109,7 @@ def session_config(config: pytest.Config) -> SessionConfig:
         onnx=opt.onnx,
         reference=opt.reference,
         offline=opt.offline_reference,
-        backends=_backends(config),
+        backends=ext_options.session_backends(config, _backends(config)),
         chunks=opt.chunks,
         report_dir=opt.report_dir or root / "reports",
         engine_dir=opt.engine_dir or root / "engines",

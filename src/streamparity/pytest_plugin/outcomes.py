@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from streamparity.backends.base import BackendSpec
+from streamparity.backends.external import options as ext_options
 from streamparity.environment import placement
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.judging.wording import describe_chunk
@@ -135,7 +136,8 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
         bundle = write_bundle(session, res)
         lines = [message, _repro(request, session, spec, chunk)]
         if bundle is not None:
-            lines.append(f"repro: streamparity repro {shlex.quote(str(bundle))} --backend {spec.id}")
+            lines.append("repro: " + shlex.join(["streamparity", "repro", str(bundle), "--backend", spec.id,
+                                                  *ext_options.repro_args(spec)]))
         pytest.fail("\n".join(lines), pytrace=False)
     # warn verdicts are counted in the summary and reported once per run by the gate test
 

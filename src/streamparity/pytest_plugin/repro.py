@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamparity.backends.base import BackendSpec
+from streamparity.backends.external import options as ext_options
 from streamparity.session import SessionConfig
 
 
@@ -28,6 +29,7 @@ def repro_line(config: pytest.Config, cfg: SessionConfig, nodeid: str, spec: Bac
     report_dir = os.path.relpath(cfg.report_dir, here) if opt.report_dir is None else str(opt.report_dir)
     args.append(f"--report-dir={os.path.join(report_dir, 'repro')}")
     args.append(f"--backend={spec.id}")
+    args += ext_options.repro_args(spec)
     if chunk is not None:
         args.append(f"--chunks={chunk}")
     elif cfg.chunks is not None:
