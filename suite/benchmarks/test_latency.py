@@ -25,6 +25,7 @@ from streamparity.contract.model import ROLE_AUDIO, ROLE_LENGTH, Contract
 from streamparity.drivers.closed_loop import initial_state
 from streamparity.environment import gpu_names
 from streamparity.errors import BackendUnavailable, StreamparityError
+from streamparity.pytest_plugin.release_gate import gate, not_run
 from streamparity.pytest_plugin.session import PROPERTY
 from streamparity.session import ParitySession
 
@@ -127,13 +128,14 @@ def test_step_latency(benchmark: Any, request: pytest.FixtureRequest, parity: Pa
                       backend_spec: BackendSpec) -> None:
     """Per-chunk closed-loop step latency of one backend after warm-up."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        pytest.skip("latency benchmarks run serially: pytest-benchmark disables itself under xdist; "
-                    "rerun with `pytest -m benchmark -p no:xdist`")
+        not_run(request, "latency benchmarks run serially: pytest-benchmark disables itself under xdist; "
+                "rerun with `pytest -m benchmark -p no:xdist`")
     spec = backend_spec
     try:
         backend = parity.backend(spec)
     except BackendUnavailable as e:
-        pytest.skip(f"{spec.id}: {e}")
+        not_run(request, f"{spec.id}: {e}")
+        raise
     except StreamparityError as e:
         pytest.fail(f"{spec.id} cannot run: {e}", pytrace=False)
     c = parity.contract
@@ -181,11 +183,17 @@ def test_step_latency(benchmark: Any, request: pytest.FixtureRequest, parity: Pa
         info.update(target_status(c, spec, info.get("p95_ms")))
     finally:
         stream.close()
+    g = gate(request.config)
+    verdict = g.judge(benchmark.fullname, stats.stats) if g is not None and stats is not None else None
+    if verdict is not None:
+        info["release_gate"] = verdict[2]
     benchmark.extra_info.update(info)
     request.node.user_properties.append((PROPERTY, {"kind": "latency", **info}))
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         if info.get(key) is not None:
             request.node.user_properties.append((f"latency.{key}", f"{info[key]:.4g}"))
+    if verdict is not None and not verdict[0]:
+        pytest.fail(verdict[1], pytrace=False)
     if info.get("target_enforced") and info.get("target_status") == "MISSED":
         lat = c.latency
         assert lat is not None

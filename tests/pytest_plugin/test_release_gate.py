@@ -135,3 +135,67 @@ def test_missing_baseline_is_a_clear_usage_error(tmp_path: Path) -> None:
     assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
     assert "no baseline to compare with" in p.stderr and "--benchmark-save=baseline" in p.stderr, _out(p)
     assert "Traceback" not in p.stdout + p.stderr, _out(p)
+
+
+def test_regression_is_one_line_and_a_recorded_failure(baseline: Path, tmp_path: Path) -> None:
+    """The failing gate is one line per benchmark (no PerformanceRegression traceback) and a failure in JUnit,
+    summary.json and report.md, with the compared numbers."""
+    slow = add_dead_work(TINY_ONNX, tmp_path / "slow.onnx")
+    junit = tmp_path / "junit.xml"
+    p = run_bench(tmp_path, baseline, f"--onnx={slow}", "--benchmark-compare=0001", GATE, f"--junitxml={junit}")
+    text = p.stdout + p.stderr
+    assert p.returncode == 1, _out(p)
+    assert "Traceback" not in text and "PerformanceRegression" not in text, _out(p)
+    lines = [ln for ln in text.splitlines() if "release gate:" in ln and "regressed" in ln]
+    assert lines and "vs baseline" in lines[0] and "limit +50%" in lines[0], _out(p)
+    assert 'failures="1"' in junit.read_text(), junit.read_text()[:2000]
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    (lat,) = summary["latency"]
+    assert lat["outcome"] == "failed" and lat["release_gate"]["verdict"] == "fail", lat
+    (check,) = lat["release_gate"]["checks"]
+    assert check["field"] == "median" and check["change"] > 50 and check["baseline_ms"] > 0, check
+    assert "Overall: **FAIL**" in (tmp_path / "report" / "report.md").read_text() or \
+        "Overall: FAIL" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_benchmark_without_a_baseline_entry_fails_the_gate(baseline: Path, tmp_path: Path) -> None:
+    """Baseline saved for ort-cpu-fp32, candidate run on ort-cpu-fp16: nothing to compare with is a failure."""
+    p = run_bench(tmp_path, baseline, "--backend=ort-cpu-fp16", "--benchmark-compare=0001", GATE)
+    assert p.returncode == 1, _out(p)
+    assert "was not compared" in p.stdout and "has no result for it" in p.stdout, _out(p)
+
+
+def test_a_gate_on_benchmarks_that_cannot_run_fails(baseline: Path, tmp_path: Path) -> None:
+    """Every selected benchmark skipped (TensorRT is not usable here): the gate compared nothing and fails."""
+    cmd_args = ["--backend=trt-cuda-fp16", "--benchmark-compare=0001", GATE]
+    p = run_bench(tmp_path, baseline, *cmd_args)
+    assert p.returncode == 1, _out(p)
+    assert "did not run, so it was not compared" in p.stdout, _out(p)
+
+
+def test_gate_refuses_xdist_and_a_missing_compare(baseline: Path, tmp_path: Path) -> None:
+    p = run_bench(tmp_path, baseline, GATE)
+    assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
+    assert "--benchmark-compare-fail needs --benchmark-compare" in p.stderr and "Traceback" not in p.stderr, _out(p)
+    cmd = [sys.executable, "-m", "pytest", "suite/benchmarks/test_latency.py", "-m", "benchmark", "-n", "2",
+           "--backend=ort-cpu-fp32", f"--benchmark-storage=file://{baseline}", "--benchmark-compare=0001", GATE,
+           f"--report-dir={tmp_path / 'r'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert p.returncode == pytest.ExitCode.USAGE_ERROR and "cannot run under xdist" in p.stderr, _out(p)
+
+
+def test_baseline_from_another_environment_compares_with_one_line(baseline: Path, tmp_path: Path) -> None:
+    """A saved run whose machine info differs (another runner) is compared, with a one-line note of what differs;
+    no INTERNALERROR although the storage lies outside the working directory."""
+    other = tmp_path / "other"
+    saved = next(baseline.rglob("0001_baseline.json"))
+    dst = other / saved.parent.name / saved.name
+    dst.parent.mkdir(parents=True)
+    doc = json.loads(saved.read_text())
+    doc["machine_info"]["node"] = "another-runner"
+    dst.write_text(json.dumps(doc))
+    p = run_bench(tmp_path, other, "--benchmark-compare=0001", GATE)
+    text = p.stdout + p.stderr
+    assert p.returncode == 0 and "INTERNALERROR" not in text, _out(p)
+    note = [ln for ln in text.splitlines() if "saved on another machine" in ln]
+    assert note and "node" in note[0] and len(note[0]) < 400, _out(p)

@@ -41,7 +41,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    plugin_session(config).terminal_summary(terminalreporter)
+    plugin_session(config).terminal_summary(terminalreporter, release_gate.summary_lines(config))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -49,6 +49,16 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     release_gate.machine_info(machine_info)
 
 
+@pytest.hookimpl(optionalhook=True, wrapper=True)
+def pytest_benchmark_compare_machine_info(benchmarksession: Any, machine_info: dict[str, Any],
+                                          compared_benchmark: dict[str, Any]) -> Any:
+    return (yield from release_gate.compare_machine_info(benchmarksession, machine_info, compared_benchmark))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    release_gate.check_baseline(session)
+    release_gate.start(session)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    release_gate.finish(session)

@@ -136,8 +136,12 @@ class PluginSession:
                 rec = record_from_dict(payload)
                 self.collector.add(report.nodeid, report.outcome, rec if rec is not None else payload)
 
-    def terminal_summary(self, terminalreporter: Any) -> None:
-        if hasattr(self.config, "workerinput") or not self.collector.records:
+    def terminal_summary(self, terminalreporter: Any, extra: list[str]) -> None:
+        if hasattr(self.config, "workerinput"):
+            return
+        for line in extra:
+            terminalreporter.write_line(line)
+        if not self.collector.records:
             return
         if self.collector.rows():  # a benchmark-only run has no parity rows: no empty table
             terminalreporter.section("streamparity summary")
