@@ -34,6 +34,13 @@ def _trt(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]
     return backend
 
 
+def _trtrtx(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]) -> Backend:
+    from streamparity.backends.tensorrt.runner import create_trt_backend
+
+    backend: Backend = create_trt_backend(spec, contract, onnx, opts)
+    return backend
+
+
 def _torch(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]) -> Backend:
     from streamparity.backends.torch_nemo import create_torch_backend
 
@@ -41,8 +48,8 @@ def _torch(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, An
     return backend
 
 
-_FACTORIES: dict[str, Factory] = {"ort": _ort, "trt": _trt, "torch": _torch}
-_CUDA_ONLY = {"trt"}
+_FACTORIES: dict[str, Factory] = {"ort": _ort, "trt": _trt, "trtrtx": _trtrtx, "torch": _torch}
+_CUDA_ONLY = {"trt", "trtrtx"}
 
 
 def register_backend(kind: str, factory: Factory, *, cuda_only: bool = False, replace: bool = False) -> None:
@@ -73,7 +80,7 @@ def parse_backend_spec(text: str, *, check_kind: bool = True) -> BackendSpec:
             "DEVICE cpu|cuda, PRECISION fp32|fp16 (e.g. ort-cpu-fp32, trt-cuda-fp16)")
     if m.group("kind") in _CUDA_ONLY and m.group("device") != "cuda":
         k = m.group("kind")
-        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: {'TensorRT' if k == 'trt' else k} runs on cuda "
+        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: { {'trt': 'TensorRT', 'trtrtx': 'TensorRT-RTX'}.get(k, k)} runs on cuda "
                                          f"only ({k}-cuda-fp32, {k}-cuda-fp16)")
     return BackendSpec(m.group("kind"), m.group("device"), m.group("precision"))
 
