@@ -25,6 +25,7 @@ from streamparity.drivers.selection import parse_chunks
 from streamparity.environment import environment, placement
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.judging.stability import StabilityResult, analyze
+from streamparity.pytest_plugin import engine_options
 from streamparity.reports.collector import SummaryCollector
 from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult, RunResult
 from streamparity.session import ParitySession, SessionConfig
@@ -109,6 +110,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "provider): for CI jobs that must judge those runtimes (default: off)")
     g.addoption("--fail-on-warn", action="store_true", default=False,
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
+    engine_options.add_options(g)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,6 +129,7 @@ def pytest_configure(config: pytest.Config) -> None:
         engine_dir=opt.engine_dir or root / "engines",
         rebuild_engines=opt.rebuild_engines,
         rebuild_since=_rebuild_since(config) if opt.rebuild_engines else None,
+        engines=engine_options.supplied_engines(config),
     )
     config.stash[CFG_KEY] = cfg
     _check_rootdir(config)
@@ -134,7 +137,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[COLLECTOR_KEY] = SummaryCollector()
     config.pluginmanager.register(SummaryReporter(config), "streamparity-summary")
     if not (getattr(opt, "help", False) or getattr(opt, "version", False)):
-        get_session(config)  # report bad inputs now, as one usage error, not as collection tracebacks
+        engine_options.check_supplied_engines(config, get_session(config).contract)  # bad inputs: one usage error
 
 
 def _rebuild_since(config: pytest.Config) -> float:
@@ -193,7 +196,7 @@ def _marks(spec: BackendSpec) -> list[pytest.MarkDecorator]:
     marks = []
     if spec.needs_gpu:
         marks.append(pytest.mark.gpu)
-    if spec.kind == "trt":
+    if spec.kind in ("trt", "trtrtx"):
         marks.append(pytest.mark.trt)
     return marks
 
