@@ -264,3 +264,23 @@ def _attach_timing_cache(config: Any, timing_path: Path) -> None:
         timing = config.create_timing_cache(b"")
     if not config.set_timing_cache(timing, False):
         log.warning("TensorRT refused timing cache %s; building without it", timing_path)
+
+
+def check_contract_profiles(contract: Contract) -> int:
+    """Every profile of the contract, used or not, through the bound builder's own validation (no network
+    needed): the number accepted, or ModelMismatch with the builder's words for the first it rejects."""
+    logger = _make_logger()
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    for p in contract.profiles:
+        profile = builder.create_optimization_profile()
+        for name, s in p.shapes.items():
+            try:
+                profile.set_shape(name, trt.Dims(list(s.min)), trt.Dims(list(s.opt)), trt.Dims(list(s.max)))
+            except RuntimeError as e:
+                raise ModelMismatch(f"{_label()} rejected profile {p.name!r} input {name}: {e}",
+                                    file=str(contract.path), field=f"profiles.{p.name}.shapes.{name}") from None
+        if not profile or config.add_optimization_profile(profile) < 0:
+            raise ModelMismatch(f"{_label()} rejected profile {p.name!r}: " + " | ".join(dict.fromkeys(logger.errors)),
+                                file=str(contract.path), field=f"profiles.{p.name}")
+    return len(contract.profiles)
