@@ -191,7 +191,7 @@ def test_parser_error_is_a_clear_error(tmp_path: Path, tiny_contract: Contract) 
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(TINY_ONNX.read_bytes()[:5000])
     options = plan_options(TENSORRT_RTX, mod, tiny_contract, "fp32")
-    with pytest.raises(ModelMismatch, match="TensorRT-RTX's ONNX parser rejected the model: .*MODEL_DESERIALIZE"):
+    with pytest.raises(ModelMismatch, match=r"TensorRT-RTX's ONNX parser rejected the model: .*MODEL_DESERIALIZE"):
         loader.build_plan(cut, tiny_contract, options, tmp_path / "timing.cache")
 
 

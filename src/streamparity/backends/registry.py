@@ -80,7 +80,8 @@ def parse_backend_spec(text: str, *, check_kind: bool = True) -> BackendSpec:
             "DEVICE cpu|cuda, PRECISION fp32|fp16 (e.g. ort-cpu-fp32, trt-cuda-fp16)")
     if m.group("kind") in _CUDA_ONLY and m.group("device") != "cuda":
         k = m.group("kind")
-        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: { {'trt': 'TensorRT', 'trtrtx': 'TensorRT-RTX'}.get(k, k)} runs on cuda "
+        label = {"trt": "TensorRT", "trtrtx": "TensorRT-RTX"}.get(k, k)
+        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: {label} runs on cuda "
                                          f"only ({k}-cuda-fp32, {k}-cuda-fp16)")
     return BackendSpec(m.group("kind"), m.group("device"), m.group("precision"))
 

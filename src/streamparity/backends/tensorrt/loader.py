@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -11,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamparity.backends.onnx_models import fp16_variant
-from streamparity.backends.tensorrt.flavor import TENSORRT, Flavor, import_flavor
 from streamparity.backends.tensorrt.engine_cache import load_timing_cache, save_timing_cache
+from streamparity.backends.tensorrt.flavor import TENSORRT, Flavor, import_flavor
 from streamparity.contract.model import ROLE_AUDIO, Contract, TensorSpec
-from streamparity.errors import BackendUnavailable, ContractError, EngineCacheError, ModelMismatch
+from streamparity.errors import ContractError, EngineCacheError, ModelMismatch
 
 if TYPE_CHECKING:  # the real module is bound by load_tensorrt() at run time
     import tensorrt as trt

@@ -138,15 +138,14 @@ def read_supplied(flavor: Flavor, contract: Contract, plan: Path, options: Mappi
 def precheck_supplied(backend_id: str, plan: Path, contract: Contract) -> CacheEntry:
     """The checks of :func:`read_supplied` for ``--engine=ID=PATH`` before any test is collected: the runtime's
     version is compared when its module imports here, the plan is not deserialized."""
-    from streamparity.backends.registry import parse_backend_spec
     from streamparity.backends.tensorrt.flavor import FLAVORS, import_flavor
     from streamparity.backends.tensorrt.loader import profile_table
     from streamparity.errors import BackendUnavailable
 
-    spec = parse_backend_spec(backend_id)
-    flavor = FLAVORS.get(spec.kind)
+    kind = backend_id.split("-", 1)[0]
+    flavor = FLAVORS.get(kind)
     if flavor is None:
-        raise StreamparityError(f"--engine={backend_id}=...: {spec.kind} is not a TensorRT-family backend "
+        raise StreamparityError(f"{kind} is not a TensorRT-family backend "
                                 f"({', '.join(f'{k}-cuda-fp32/fp16' for k in FLAVORS)})", field="--engine")
     try:
         version: str | None = flavor.version(import_flavor(flavor))
