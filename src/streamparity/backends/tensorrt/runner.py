@@ -165,11 +165,9 @@ class TrtBackend(Backend):
         else:
             self._attach_gpu(opts)
             self.entry = self._plan(opts, supplied, gpu=(self.gpu_name, self.compute_capability), verify=True)
-            if self._engine is None:
-                self._deserialize_or_skip()
         self.entry = mark_verified(self.entry, f"{flavor.label} {trt.__version__} on {self.gpu_name}") \
             if not supplied else self.entry
-        self.engine: trt.ICudaEngine = self._engine
+        self.engine: trt.ICudaEngine = self._loaded_engine()
         self._check_io()
         self.context: trt.IExecutionContext = self._create_context()
         self._reserve_buffers()
@@ -202,6 +200,11 @@ class TrtBackend(Backend):
         if engine is None:
             raise RuntimeError("deserialize_cuda_engine failed: " + (" | ".join(self.logger.errors[-3:]) or "?"))
         self._engine = engine
+
+    def _loaded_engine(self) -> Any:
+        if self._engine is None:  # supplied plans, and TensorRT plans loaded without verify_fn
+            self._deserialize_or_skip()
+        return self._engine
 
     def _deserialize_or_skip(self) -> None:
         """Load the plan; where it cannot run here, BackendUnavailable with what the runtime said."""
