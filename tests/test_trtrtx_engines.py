@@ -249,6 +249,8 @@ def test_supplied_plan_checks_without_deserializing(rtx_plans: dict[str, CacheEn
     old.with_suffix(".json").write_text(json.dumps(m))
     with pytest.raises(EngineCacheError, match=r"built by TensorRT-RTX 1\.6\.0\.0; this runtime is TensorRT-RTX "):
         precheck_supplied("trtrtx-cuda-fp16", old, tiny_contract)
+    with pytest.raises(EngineCacheError, match="built for fp16, not fp32"):
+        precheck_supplied("trtrtx-cuda-fp32", e.plan_path, tiny_contract)
 
 
 def test_build_engine_then_judge_it_as_it_is(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamparity.backends.tensorrt.flavor import FLAVORS
-    from streamparity.backends.tensorrt.loader import load_tensorrt
+    from streamparity.backends.tensorrt.loader import check_contract_profiles, load_tensorrt
     from streamparity.backends.tensorrt.plans import build_or_load, plan_options
     from streamparity.contract.loading import load_contract
     from streamparity.contract.model_io import check_onnx_file
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     onnx = Path(onnx)
     check_onnx_file(contract, onnx)
     trt = load_tensorrt(flavor)
+    check_contract_profiles(contract)  # every profile, used or not, through the real builder's validation
     options = plan_options(flavor, trt, contract, spec.precision, args.compute_capability or ())
     gpu = None if flavor.builds_without_gpu else _gpu(flavor.label)
     t0 = time.perf_counter()

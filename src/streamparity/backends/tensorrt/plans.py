@@ -120,6 +120,10 @@ def read_supplied(flavor: Flavor, contract: Contract, plan: Path, options: Mappi
             raise EngineCacheError(f"plan was built by {flavor.label} {b.get('version')}; this runtime is "
                                    f"{flavor.label} {runtime_version}: rebuild it with that version "
                                    "(streamparity build-engine)", file=str(plan), field="--engine")
+        built_for = m.get("key_material", {}).get("options", {}).get("precision")
+        if options.get("precision") and built_for not in (None, options["precision"]):
+            raise EngineCacheError(f"plan was built for {built_for}, not {options['precision']}: pass it as "
+                                   f"--engine={flavor.kind}-cuda-{built_for}=...", file=str(plan), field="--engine")
         how = f"from its build manifest {plan.with_suffix('.json').name}"
         if m.get("io"):
             check_io(contract, m["io"], plan, how)
@@ -151,4 +155,5 @@ def precheck_supplied(backend_id: str, plan: Path, contract: Contract) -> CacheE
         version: str | None = flavor.version(import_flavor(flavor))
     except BackendUnavailable:
         version = None
-    return read_supplied(flavor, contract, plan, {"profiles": profile_table(contract)}, version)
+    options = {"profiles": profile_table(contract), "precision": backend_id.rsplit("-", 1)[-1]}
+    return read_supplied(flavor, contract, plan, options, version)
