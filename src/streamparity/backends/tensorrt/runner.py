@@ -160,8 +160,12 @@ class TrtBackend(Backend):
         supplied = (opts.get("engines") or {}).get(f"{flavor.kind}-cuda-{precision}")
         if flavor.builds_without_gpu:  # TensorRT-RTX: build on the CPU, then find out whether it runs here
             self.entry = self._plan(opts, supplied, gpu=None, verify=False)
+            try:
+                self._attach_gpu(opts)  # select the worker's GPU before deserializing onto it
+            except BackendUnavailable as no_gpu:
+                self._deserialize_or_skip(also=str(no_gpu))  # what TensorRT-RTX itself says comes first
+                raise
             self._deserialize_or_skip()
-            self._attach_gpu(opts)
         else:
             self._attach_gpu(opts)
             self.entry = self._plan(opts, supplied, gpu=(self.gpu_name, self.compute_capability), verify=True)
@@ -206,7 +210,7 @@ class TrtBackend(Backend):
             self._deserialize_or_skip()
         return self._engine
 
-    def _deserialize_or_skip(self) -> None:
+    def _deserialize_or_skip(self, also: str | None = None) -> None:
         """Load the plan; where it cannot run here, BackendUnavailable with what the runtime said."""
         data = self.entry.read_plan()
         self.logger.errors.clear()
@@ -215,6 +219,7 @@ class TrtBackend(Backend):
             self._engine = engine
             return
         unavailable, text = cannot_run_reason(trt, self.runtime, self.logger, data, self.options)
+        text += f"; {also}" if also else ""
         how = "supplied" if self.entry.manifest.get("supplied") else "built" if self.entry.built else \
             "loaded from the engine cache"
         where = f"plan {self.entry.plan_path} ({how})"
