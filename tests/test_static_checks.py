@@ -59,3 +59,34 @@ def test_tensorrt_backend_typechecks_against_stubs(tmp_path):
     r = subprocess.run([*cmd, "src/streamparity/backends/tensorrt/"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_tensorrt_rtx_run_path_typechecks_against_generated_stubs(tmp_path):
+    """The build and run code under mypy --strict against stubs generated from the installed TensorRT-RTX (it
+    ships none): a misuse of the RTX API is reported, and the only errors in the package are the TensorRT 10
+    weak-typed FP16 flags that TensorRT-RTX does not have (that branch never runs there: networks are strongly
+    typed)."""
+    import importlib.util
+    import os
+    import re
+
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        pytest.skip("tensorrt_rtx is not installed (pip install -e '.[rtx]')")
+    mypy = _tool("mypy")
+    stubs = tmp_path / "stubs"
+    prep = subprocess.run([sys.executable, str(ROOT / "tools" / "prepare_tensorrt_rtx_stubs.py"), str(stubs),
+                           "--as-tensorrt"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert prep.returncode == 0, prep.stdout[-2000:] + prep.stderr[-2000:]
+    env = {**os.environ, "MYPYPATH": str(stubs)}
+    cmd = [mypy, "--no-warn-unused-ignores", "--no-incremental", "--cache-dir", str(tmp_path / "cache")]
+    probe = tmp_path / "probe_rtx_misuse.py"
+    probe.write_text("import tensorrt_rtx as trt\n\n\ndef f(c: trt.IBuilderConfig) -> int:\n"
+                     "    c.set_flag(trt.BuilderFlag.FP16)\n    return c.get_compute_capability(0)\n")
+    r = subprocess.run([*cmd, "--strict", str(probe)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 1 and '"FP16"' in r.stdout and "ComputeCapability" in r.stdout, r.stdout[-3000:]
+    r = subprocess.run([*cmd, "src/streamparity/backends/tensorrt/"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600, check=False)
+    errors = [line for line in r.stdout.splitlines() if ": error:" in line]
+    unexpected = [e for e in errors if not re.search(r'has no attribute "(FP16|OBEY_PRECISION_CONSTRAINTS)"', e)]
+    assert not unexpected and len(errors) == 2, r.stdout[-4000:] + r.stderr[-2000:]

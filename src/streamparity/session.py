@@ -41,6 +41,8 @@ class SessionConfig:
     engine_dir: Path = Path("engines")
     rebuild_engines: bool = False
     rebuild_since: float | None = None
+    engines: dict[str, Path] = field(default_factory=dict)
+    """Supplied plans by backend id (--engine=ID=PATH): loaded as they are, never rebuilt."""
 
 
 def _require_file(path: Path, what: str, field: str) -> None:
@@ -133,7 +135,7 @@ class ParitySession:
             try:
                 got = create_backend(spec, self.contract, self.onnx,
                                      {"engine_dir": self.cfg.engine_dir, "rebuild_engines": self.cfg.rebuild_engines,
-                                      "rebuild_since": self.cfg.rebuild_since})
+                                      "rebuild_since": self.cfg.rebuild_since, "engines": self.cfg.engines})
             except (BackendUnavailable, StreamparityError) as e:
                 got = e
             self._backends[spec.id] = got

@@ -34,6 +34,13 @@ def _trt(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]
     return backend
 
 
+def _trtrtx(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]) -> Backend:
+    from streamparity.backends.tensorrt.runner import create_trt_backend
+
+    backend: Backend = create_trt_backend(spec, contract, onnx, opts)
+    return backend
+
+
 def _torch(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]) -> Backend:
     from streamparity.backends.torch_nemo import create_torch_backend
 
@@ -41,8 +48,8 @@ def _torch(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, An
     return backend
 
 
-_FACTORIES: dict[str, Factory] = {"ort": _ort, "trt": _trt, "torch": _torch}
-_CUDA_ONLY = {"trt"}
+_FACTORIES: dict[str, Factory] = {"ort": _ort, "trt": _trt, "trtrtx": _trtrtx, "torch": _torch}
+_CUDA_ONLY = {"trt", "trtrtx"}
 _NAMED: set[str] = set()  # kinds whose middle part is a runtime's name, not cpu|cuda (ext-NAME-fp32)
 
 
@@ -80,7 +87,8 @@ def parse_backend_spec(text: str, *, check_kind: bool = True) -> BackendSpec:
             "trt-cuda-fp16, ext-cpp-fp16)")
     if m.group("kind") in _CUDA_ONLY and m.group("device") != "cuda":
         k = m.group("kind")
-        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: {'TensorRT' if k == 'trt' else k} runs on cuda "
+        label = {"trt": "TensorRT", "trtrtx": "TensorRT-RTX"}.get(k, k)
+        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: {label} runs on cuda "
                                          f"only ({k}-cuda-fp32, {k}-cuda-fp16)")
     return BackendSpec(m.group("kind"), m.group("device"), m.group("precision"))
 

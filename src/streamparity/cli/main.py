@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "streamparity.cli.cmd_check_contract",
     "streamparity.cli.cmd_serve_ort",
     "streamparity.cli.cmd_record",
+    "streamparity.cli.cmd_build_engine",
 )
 
 

@@ -14,6 +14,7 @@ from streamparity.backends.external import options as ext_options
 from streamparity.backends.registry import parse_backend_spec, register_backend
 from streamparity.contract.shipped import contract_by_name_or_path, contract_registry, default_contract
 from streamparity.drivers.selection import parse_chunks
+from streamparity.pytest_plugin import engine_options
 from streamparity.session import SessionConfig
 
 MARKERS = {
@@ -72,6 +73,7 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--fail-on-warn", action="store_true", default=False,
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
     ext_options.add_options(g)
+    engine_options.add_options(g)
 
 
 def register_markers(config: pytest.Config) -> None:
@@ -115,6 +117,7 @@ def session_config(config: pytest.Config) -> SessionConfig:
         engine_dir=opt.engine_dir or root / "engines",
         rebuild_engines=opt.rebuild_engines,
         rebuild_since=_rebuild_since(config) if opt.rebuild_engines else None,
+        engines=engine_options.supplied_engines(config),
     )
 
 

@@ -68,9 +68,10 @@ class ReleaseGate:
                    "change": value, "limit": limit, "unit": "%" if pct else "s", "ok": value <= limit}
             rows.append(row)
             if not row["ok"]:
-                bad.append(f"'{check.field}' has failed {type(check).__name__}: {check.field} {row['current_ms']:.3f} ms vs baseline {row['baseline_ms']:.3f} ms "
-                           + (f"({value:+.0f}%, limit +{limit:g}%)" if pct else f"(+{value * 1e3:.3f} ms, limit "
-                              f"+{limit * 1e3:g} ms)"))
+                how = f"({value:+.0f}%, limit +{limit:g}%)" if pct else \
+                    f"(+{value * 1e3:.3f} ms, limit +{limit * 1e3:g} ms)"
+                bad.append(f"'{check.field}' has failed {type(check).__name__}: {check.field} "
+                           f"{row['current_ms']:.3f} ms vs baseline {row['baseline_ms']:.3f} ms {how}")
         record = {"verdict": "fail" if bad else "pass", "compared": True, "baseline": self.sources.get(fullname),
                   "checks": rows}
         if bad:

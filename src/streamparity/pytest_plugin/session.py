@@ -10,6 +10,7 @@ from streamparity import __version__
 from streamparity.backends.base import BackendSpec
 from streamparity.environment import environment
 from streamparity.errors import BackendUnavailable, StreamparityError
+from streamparity.pytest_plugin import engine_options
 from streamparity.pytest_plugin.options import REBUILD_SINCE_KEY, check_rootdir, register_markers, session_config
 from streamparity.reports.collector import SummaryCollector
 from streamparity.results.records import FUNCTIONAL, MODES, record_from_dict
@@ -28,7 +29,7 @@ def _marks(spec: BackendSpec) -> list[pytest.MarkDecorator]:
     marks = []
     if spec.needs_gpu:
         marks.append(pytest.mark.gpu)
-    if spec.kind == "trt":
+    if spec.kind in ("trt", "trtrtx"):
         marks.append(pytest.mark.trt)
     return marks
 
@@ -58,7 +59,8 @@ class PluginSession:
         config.pluginmanager.register(session, "streamparity-session")  # for pytest_runtest_logreport
         check_rootdir(config)
         if not (getattr(config.option, "help", False) or getattr(config.option, "version", False)):
-            session.parity()  # report bad inputs now, as one usage error, not as collection tracebacks
+            # bad inputs now, as one usage error, not as collection tracebacks
+            engine_options.check_supplied_engines(config, session.parity().contract)
 
     def parity(self) -> ParitySession:
         if self._parity is None:

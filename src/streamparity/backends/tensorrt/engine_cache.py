@@ -177,6 +177,32 @@ def _discard(*paths: Path) -> None:
             pass
 
 
+def _discard_stale_temps(d: Path, stem: str) -> None:
+    """Temp files of an interrupted write (killed mid-build: atomic_write never renamed them); called under the
+    entry's lock, so no live writer owns them."""
+    for p in d.glob(f".{stem}.*.tmp"):
+        log.info("removing %s left by an interrupted engine write", p)
+        _discard(p)
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
+    text = json.dumps(dict(manifest), sort_keys=True, indent=1, allow_nan=False, default=_canonical_default)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def mark_verified(entry: CacheEntry, how: str) -> CacheEntry:
+    """Record in the manifest that the plan has now loaded (`how`: e.g. the GPU it deserialized on)."""
+    if entry.manifest.get("verified") is True:
+        return entry
+    m = {**entry.manifest, "verified": True, "verified_by": how}
+    m.pop("not_verified_reason", None)
+    try:
+        write_manifest(entry.manifest_path, m)
+    except OSError as e:
+        log.warning("could not record verification in %s: %s", entry.manifest_path, e)
+    return CacheEntry(entry.plan_path, m, entry.built)
+
+
 def _fsync_dir(d: Path) -> None:
     try:
         fd = os.open(d, os.O_RDONLY)
@@ -192,9 +218,13 @@ def _fsync_dir(d: Path) -> None:
 
 def get_or_build(engine_dir: str | Path, name: str, key_material: Mapping[str, Any], build_fn: BuildFn, *,
                  rebuild: bool = False, verify_fn: VerifyFn | None = None, fresh_after: float | None = None,
-                 lock_timeout: float = LOCK_TIMEOUT_S) -> CacheEntry:
+                 lock_timeout: float = LOCK_TIMEOUT_S, manifest_extra: Mapping[str, Any] | None = None,
+                 unverified_reason: str | None = None) -> CacheEntry:
     """The cached plan for `key_material`, building it (once across processes) when absent or corrupt.
 
+    `manifest_extra` (filled in by `build_fn`, e.g. the network's I/O) is added to a new entry's manifest.
+    Without `verify_fn` the manifest records ``verified: false`` and `unverified_reason` (e.g. no GPU to
+    deserialize on); :func:`mark_verified` records a later successful load.
     `rebuild` forces a build; with `fresh_after` (a timestamp shared by the workers of one run) an entry
     created after it counts as already rebuilt, so xdist workers rebuild an engine once, not once each.
     """
@@ -223,6 +253,7 @@ def get_or_build(engine_dir: str | Path, name: str, key_material: Mapping[str, A
             return CacheEntry(plan, m, built=False)
     try:
         with FileLock(str(d / f"{stem}.lock"), timeout=lock_timeout):
+            _discard_stale_temps(d, stem)
             m, reason = _check(plan, manifest_path, key, verify_fn)
             if m is not None and fresh(m):
                 return CacheEntry(plan, m, built=False)
@@ -231,14 +262,16 @@ def get_or_build(engine_dir: str | Path, name: str, key_material: Mapping[str, A
                 _discard(manifest_path, plan)
             elif m is not None:
                 log.info("rebuilding engine %s (rebuild requested)", plan)
-            return _build(d, plan, manifest_path, name, precision, key, material, build_fn, verify_fn)
+            return _build(d, plan, manifest_path, name, precision, key, material, build_fn, verify_fn,
+                          manifest_extra, unverified_reason)
     except Timeout:
         raise EngineCacheError(f"timed out after {lock_timeout:g}s waiting for another process to build it",
                                file=str(plan)) from None
 
 
 def _build(d: Path, plan: Path, manifest_path: Path, name: str, precision: str, key: str,
-           material: dict[str, Any], build_fn: BuildFn, verify_fn: VerifyFn | None) -> CacheEntry:
+           material: dict[str, Any], build_fn: BuildFn, verify_fn: VerifyFn | None,
+           manifest_extra: Mapping[str, Any] | None = None, unverified_reason: str | None = None) -> CacheEntry:
     timing = timing_cache_path(d, material)
     t0 = time.perf_counter()
     data = build_fn(timing)
@@ -271,10 +304,13 @@ def _build(d: Path, plan: Path, manifest_path: Path, name: str, precision: str, 
         "created": now,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "builder_version": builder.get("version") if isinstance(builder, Mapping) else None,
-        "timing_cache": timing.name,
+        "timing_cache": timing.name if material.get("options", {}).get("timing_cache", True) else None,
+        "verified": verify_fn is not None,
     }
-    text = json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False, default=_canonical_default)
-    atomic_write_bytes(manifest_path, text.encode("utf-8"))
+    if verify_fn is None:
+        manifest["not_verified_reason"] = unverified_reason or "no verification was run"
+    manifest.update(dict(manifest_extra or {}))
+    write_manifest(manifest_path, manifest)
     _fsync_dir(d)
     log.info("built engine %s in %.1fs", plan, seconds)
     return CacheEntry(plan, manifest, built=True)

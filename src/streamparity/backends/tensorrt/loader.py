@@ -1,8 +1,8 @@
-"""Loading TensorRT and building plans: parser, optimization profiles from the contract, precision options."""
+"""Build a TensorRT-family plan from the ONNX and the contract (shared by TensorRT and TensorRT-RTX, see
+:mod:`~streamparity.backends.tensorrt.flavor`)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -11,19 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 from streamparity.backends.onnx_models import fp16_variant
 from streamparity.backends.tensorrt.engine_cache import load_timing_cache, save_timing_cache
+from streamparity.backends.tensorrt.flavor import TENSORRT, Flavor, import_flavor
 from streamparity.contract.model import ROLE_AUDIO, Contract, TensorSpec
-from streamparity.errors import BackendUnavailable, ContractError, EngineCacheError, ModelMismatch
+from streamparity.errors import ContractError, EngineCacheError, ModelMismatch
 
 if TYPE_CHECKING:  # the real module is bound by load_tensorrt() at run time
     import tensorrt as trt
 
 
 
-INSTALL_HINT = "tensorrt is not installed (pip install tensorrt on a CUDA host)"
+INSTALL_HINT = TENSORRT.install_hint
 
 
 
-BUILD_RECIPE = 1  # bump when the build steps below change: it is part of the engine key
+BUILD_RECIPE = 2  # bump when the build steps below change: it is part of the engine key
 
 
 
@@ -35,15 +36,9 @@ FP32_ONNX_OPS = ("Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalizat
                  "InstanceNormalization", "ReduceMean", "Pow", "Sqrt")
 
 
-def load_tensorrt() -> Any:
-    """Import TensorRT or raise BackendUnavailable (type stubs alone do not count)."""
-    try:
-        mod = importlib.import_module("tensorrt")
-    except ImportError as e:
-        raise BackendUnavailable(f"{INSTALL_HINT}: {e}") from None
-    if not hasattr(mod, "Builder"):
-        where = ", ".join(str(p) for p in getattr(mod, "__path__", [])) or "?"
-        raise BackendUnavailable(f"{INSTALL_HINT}: `import tensorrt` found only type stubs ({where})")
+def load_tensorrt(flavor: Flavor = TENSORRT) -> Any:
+    """Import TensorRT (or TensorRT-RTX) and bind it as this module's ``trt``; raise BackendUnavailable."""
+    mod = import_flavor(flavor)
     globals()["trt"] = mod
     return mod
 
@@ -89,9 +84,10 @@ def _complete(contract: Contract, shapes: dict[str, list[list[int]]]) -> dict[st
 
 
 
-def build_options(contract: Contract, precision: str, typing_mode: str) -> dict[str, Any]:
+def build_options(contract: Contract, precision: str, typing_mode: str, *, timing_cache: bool = True,
+                  compute_capabilities: Sequence[str] = ()) -> dict[str, Any]:
     b = contract.build
-    return {
+    opts: dict[str, Any] = {
         "recipe": BUILD_RECIPE,
         "precision": precision,
         "typing": typing_mode,
@@ -101,6 +97,11 @@ def build_options(contract: Contract, precision: str, typing_mode: str) -> dict[
         "fp32_layer_types": list(FP32_LAYER_TYPES) if precision == "fp16" else [],
         "workspace_mib": b.workspace_mib,
     }
+    if not timing_cache:
+        opts["timing_cache"] = False
+    if compute_capabilities:
+        opts["compute_capabilities"] = list(compute_capabilities)
+    return opts
 
 
 
@@ -115,7 +116,8 @@ def _make_logger() -> Any:
         def log(self, severity: Any, msg: str) -> None:
             level = int(severity)
             if level <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
+                if "catchCudaError" not in msg:  # TensorRT-RTX repeats every error with this no-driver line
+                    self.errors.append(msg)
                 log.error("TensorRT: %s", msg)
             elif level == int(trt.ILogger.Severity.WARNING):
                 log.warning("TensorRT: %s", msg)
@@ -156,8 +158,42 @@ def _pin_fp32_layers(network: Any, patterns: Sequence[str]) -> list[str]:
 
 
 
-def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timing_path: Path) -> bytes:
-    """Build a serialized engine for `options` (see :func:`build_options`)."""
+def network_io(network: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The parsed network's inputs and outputs (name -> dtype, shape): what the plan's I/O will be."""
+    def one(t: Any) -> dict[str, Any]:
+        return {"dtype": str(numpy_name(t.dtype)), "shape": [int(d) for d in t.shape]}
+    return {"inputs": {network.get_input(i).name: one(network.get_input(i)) for i in range(network.num_inputs)},
+            "outputs": {network.get_output(i).name: one(network.get_output(i)) for i in range(network.num_outputs)}}
+
+
+def numpy_name(t: Any) -> str:
+    """numpy dtype name of a TensorRT DataType ('float32', 'int64', ...), or the TensorRT name."""
+    table = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "BOOL": "bool",
+             "INT8": "int8", "UINT8": "uint8", "BF16": "bfloat16"}
+    for name, np_name in table.items():
+        if t == getattr(trt.DataType, name, None):
+            return np_name
+    return str(t)
+
+
+def _set_targets(config: Any, targets: Sequence[str], logger: Any) -> None:
+    """TensorRT-RTX ahead-of-time targets (``SM86``...); none: the library's portable default."""
+    known = sorted(n for n in dir(trt.ComputeCapability) if n.startswith("SM") or n == "CURRENT")
+    config.num_compute_capabilities = len(targets)
+    for i, name in enumerate(targets):
+        cc = getattr(trt.ComputeCapability, name.upper(), None)
+        if cc is None:
+            raise ContractError(f"unknown compute capability target {name!r} (TensorRT-RTX "
+                                f"{trt.__version__} knows {', '.join(known)})", field="compute_capabilities")
+        if not config.set_compute_capability(cc, i):
+            raise ContractError(f"TensorRT-RTX refused compute capability target {name}: "
+                                + (" | ".join(logger.errors) or "no reason given"), field="compute_capabilities")
+
+
+def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timing_path: Path,
+               io: dict[str, Any] | None = None) -> bytes:
+    """Build a serialized engine for `options` (see :func:`build_options`); `io`, when given, receives the
+    network's inputs and outputs (:func:`network_io`) for the manifest."""
     logger = _make_logger()
     builder = trt.Builder(logger)
     strong = options["typing"] == "strong"
@@ -169,7 +205,9 @@ def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timin
         if strong and options["precision"] == "fp16" else onnx
     if not parser.parse_from_file(str(model_file)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors or ["unknown"]
-        raise ModelMismatch("TensorRT's ONNX parser rejected the model: " + " | ".join(errors), file=str(onnx))
+        raise ModelMismatch(f"{_label()}'s ONNX parser rejected the model: " + " | ".join(errors), file=str(onnx))
+    if io is not None:
+        io.update(network_io(network))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options["workspace_mib"]) << 20)
     net_inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
@@ -182,9 +220,14 @@ def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timin
             if len(lo) != len(tensor.shape):
                 raise ModelMismatch(f"profile {prof['name']!r}: {name} has rank {len(tensor.shape)} in the model, "
                                     f"{len(lo)} in the profile", file=str(onnx))
-            profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
-        if config.add_optimization_profile(profile) < 0:
-            raise ModelMismatch(f"TensorRT rejected optimization profile {prof['name']!r}: "
+            try:
+                profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
+            except RuntimeError as e:  # negative dims raise; min > opt > max only logs and fails the add below
+                raise ModelMismatch(f"{_label()} rejected optimization profile {prof['name']!r} for {name}: {e} "
+                                    f"({' | '.join(logger.errors)})", file=str(contract.path),
+                                    field="profiles") from None
+        if not profile or config.add_optimization_profile(profile) < 0:
+            raise ModelMismatch(f"{_label()} rejected optimization profile {prof['name']!r}: "
                                 + " | ".join(logger.errors), file=str(contract.path), field="profiles")
     if not options["tf32"] and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
@@ -194,6 +237,24 @@ def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timin
         if pinned:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         log.info("FP16 build of %s: %d layer(s) pinned to FP32", onnx.name, len(pinned))
+    if options.get("compute_capabilities"):
+        _set_targets(config, options["compute_capabilities"], logger)
+    if options.get("timing_cache", True):
+        _attach_timing_cache(config, timing_path)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineCacheError(f"{_label()} build failed: " + (" | ".join(logger.errors) or "no error reported"),
+                               file=str(onnx))
+    if options.get("timing_cache", True):
+        save_timing_cache(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(plan))
+
+
+def _label() -> str:
+    return "TensorRT-RTX" if trt.__name__.startswith("tensorrt_rtx") else "TensorRT"
+
+
+def _attach_timing_cache(config: Any, timing_path: Path) -> None:
     prev = load_timing_cache(timing_path) or b""
     try:
         timing = config.create_timing_cache(prev)
@@ -202,9 +263,23 @@ def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timin
         timing = config.create_timing_cache(b"")
     if not config.set_timing_cache(timing, False):
         log.warning("TensorRT refused timing cache %s; building without it", timing_path)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise EngineCacheError("TensorRT build failed: " + (" | ".join(logger.errors) or "no error reported"),
-                               file=str(onnx))
-    save_timing_cache(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    return bytes(memoryview(plan))
+
+
+def check_contract_profiles(contract: Contract) -> int:
+    """Every profile of the contract, used or not, through the bound builder's own validation (no network
+    needed): the number accepted, or ModelMismatch with the builder's words for the first it rejects."""
+    logger = _make_logger()
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    for p in contract.profiles:
+        profile = builder.create_optimization_profile()
+        for name, s in p.shapes.items():
+            try:
+                profile.set_shape(name, trt.Dims(list(s.min)), trt.Dims(list(s.opt)), trt.Dims(list(s.max)))
+            except RuntimeError as e:
+                raise ModelMismatch(f"{_label()} rejected profile {p.name!r} input {name}: {e}",
+                                    file=str(contract.path), field=f"profiles.{p.name}.shapes.{name}") from None
+        if not profile or config.add_optimization_profile(profile) < 0:
+            raise ModelMismatch(f"{_label()} rejected profile {p.name!r}: " + " | ".join(dict.fromkeys(logger.errors)),
+                                file=str(contract.path), field=f"profiles.{p.name}")
+    return len(contract.profiles)

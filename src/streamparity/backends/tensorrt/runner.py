@@ -1,4 +1,5 @@
-"""TensorRT backend (TensorRT 10 and 11 Python API, CUDA memory through cuda-python).
+"""TensorRT backend (TensorRT 10 and 11, and TensorRT-RTX 1.x: :mod:`~streamparity.backends.tensorrt.flavor`),
+CUDA memory through cuda-python.
 
 Build: ONNX parser -> one optimization profile per contract profile -> FP32 (TF32 off when the contract
 says so) or FP16 (TensorRT 10: FP16 flag with matching layers and softmax / normalization pinned to FP32;
@@ -22,10 +23,13 @@ import numpy as np
 from streamparity.backends.base import Backend, Stream
 from streamparity.backends.device_loop import BindOutput, BufferPool, DeviceLoopStream, run_once
 from streamparity.backends.memory import CudartOps, DeviceTensor, Shape, gpu_count, load_cudart, nbytes_of
-from streamparity.backends.tensorrt.engine_cache import CacheEntry, get_or_build, key_material
-from streamparity.backends.tensorrt.loader import _make_logger, build_options, build_plan, load_tensorrt
+from streamparity.backends.tensorrt.engine_cache import CacheEntry, mark_verified
+from streamparity.backends.tensorrt.flavor import FLAVORS, TENSORRT, Flavor
+from streamparity.backends.tensorrt.loader import _make_logger, load_tensorrt, numpy_name
+from streamparity.backends.tensorrt.plans import build_or_load, check_io, check_profiles, plan_options, read_supplied
+from streamparity.backends.tensorrt.runtime_checks import cannot_run_reason, load_runtime_cache, save_runtime_cache
 from streamparity.contract.model import ROLE_AUDIO, Contract
-from streamparity.errors import BackendUnavailable, ModelMismatch
+from streamparity.errors import BackendUnavailable, EngineCacheError, ModelMismatch
 
 if TYPE_CHECKING:  # the real module is bound by load_tensorrt() at run time
     import tensorrt as trt
@@ -81,12 +85,11 @@ def dims(d: trt.Dims) -> Shape:
 
 
 def numpy_dtype(t: trt.DataType) -> np.dtype[Any]:
-    table = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
-             "INT8": np.int8, "UINT8": np.uint8}
-    for name, np_type in table.items():
-        if t == getattr(trt.DataType, name, None):
-            return np.dtype(np_type)
-    raise ModelMismatch(f"engine tensor type {t} has no numpy equivalent")
+    name = numpy_name(t)
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise ModelMismatch(f"engine tensor type {t} has no numpy equivalent") from None
 
 
 def choose_profile(ranges: Sequence[Mapping[str, tuple[Shape, Shape, Shape]]], shapes: Mapping[str, Shape],
@@ -143,37 +146,58 @@ class TrtRunner:
 class TrtBackend(Backend):
     kind = "trt"
 
-    def __init__(self, contract: Contract, onnx: Path, precision: str, opts: Mapping[str, Any]) -> None:
+    def __init__(self, contract: Contract, onnx: Path, precision: str, opts: Mapping[str, Any],
+                 flavor: Flavor = TENSORRT) -> None:
         super().__init__(contract, precision, "cuda")
-        load_tensorrt()
+        self.flavor = flavor
+        self.kind = flavor.kind
+        globals()["trt"] = load_tensorrt(flavor)
+        self.onnx = onnx
+        self.logger = _make_logger()
+        self.runtime = trt.Runtime(self.logger)
+        self.options = plan_options(flavor, trt, contract, precision, opts.get("compute_capabilities") or ())
+        self._engine: Any = None
+        supplied = (opts.get("engines") or {}).get(f"{flavor.kind}-cuda-{precision}")
+        if flavor.builds_without_gpu:  # TensorRT-RTX: build on the CPU, then find out whether it runs here
+            self.entry = self._plan(opts, supplied, gpu=None, verify=False)
+            try:
+                self._attach_gpu(opts)  # select the worker's GPU before deserializing onto it
+            except BackendUnavailable as no_gpu:
+                self._deserialize_or_skip(also=str(no_gpu))  # what TensorRT-RTX itself says comes first
+                raise
+            self._deserialize_or_skip()
+        else:
+            self._attach_gpu(opts)
+            self.entry = self._plan(opts, supplied, gpu=(self.gpu_name, self.compute_capability), verify=True)
+        self.entry = mark_verified(self.entry, f"{flavor.label} {trt.__version__} on {self.gpu_name}") \
+            if not supplied else self.entry
+        self.engine: trt.ICudaEngine = self._loaded_engine()
+        self._check_io()
+        self.context: trt.IExecutionContext = self._create_context()
+        self._reserve_buffers()
+        self.runner = TrtRunner(self)
+
+    def _attach_gpu(self, opts: Mapping[str, Any]) -> None:
         rt = load_cudart()
         count, why = gpu_count(rt)
         if count == 0:
-            raise BackendUnavailable(f"no CUDA GPU is available for TensorRT ({why or 'no device found'})")
+            raise BackendUnavailable(f"no CUDA GPU is available for {self.flavor.label} ({why or 'no device found'})")
         from streamparity.environment import worker_gpu_index
 
         self.ops = CudartOps(rt, int(opts.get("gpu_index", worker_gpu_index())) % count)
         self.pool: BufferPool[int] = BufferPool(self.ops)
-        self.onnx = onnx
-        self.logger = _make_logger()
-        self.runtime = trt.Runtime(self.logger)
         self.gpu_name, self.compute_capability = self.ops.gpu()
-        typing_mode = "strong" if precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16") else "weak"
-        self.options = build_options(contract, precision, typing_mode)
-        material = key_material(onnx=onnx, builder="tensorrt", builder_version=str(trt.__version__),
-                                gpu_name=self.gpu_name, compute_capability=self.compute_capability,
-                                options=self.options)
-        engine_dir = Path(opts.get("engine_dir") or onnx.parent / "engines")
-        self._engine: Any = None
-        self.entry: CacheEntry = get_or_build(
-            engine_dir, onnx.stem, material, lambda timing: build_plan(onnx, contract, self.options, timing),
-            rebuild=bool(opts.get("rebuild_engines")), verify_fn=self._deserialize,
-            fresh_after=opts.get("rebuild_since"))
-        self.engine: trt.ICudaEngine = self._loaded_engine()
-        self._check_io()
-        self.context: trt.IExecutionContext = self.engine.create_execution_context()
-        self._reserve_buffers()
-        self.runner = TrtRunner(self)
+
+    def _plan(self, opts: Mapping[str, Any], supplied: Path | None, gpu: tuple[str, str] | None,
+              verify: bool) -> CacheEntry:
+        if supplied is not None:  # judged as it is: loaded, never rebuilt
+            return read_supplied(self.flavor, self.contract, Path(supplied), self.options, str(trt.__version__))
+        engine_dir = Path(opts.get("engine_dir") or self.onnx.parent / "engines")
+        return build_or_load(self.flavor, trt, self.contract, self.onnx, self.options, engine_dir, gpu=gpu,
+                             verify_fn=self._deserialize if verify else None,
+                             rebuild=bool(opts.get("rebuild_engines")), rebuild_since=opts.get("rebuild_since"),
+                             unverified_reason=f"{self.flavor.label} plans are built without a GPU; deserializing "
+                                               "needs one (checked when a backend loads it on a GPU)")
 
     def _deserialize(self, data: bytes) -> None:
         engine = self.runtime.deserialize_cuda_engine(data)
@@ -182,25 +206,44 @@ class TrtBackend(Backend):
         self._engine = engine
 
     def _loaded_engine(self) -> Any:
-        if self._engine is None:  # pragma: no cover - verify_fn has run on the fast path and after builds
-            self._deserialize(self.entry.read_plan())
+        if self._engine is None:  # supplied plans, and TensorRT plans loaded without verify_fn
+            self._deserialize_or_skip()
         return self._engine
+
+    def _deserialize_or_skip(self, also: str | None = None) -> None:
+        """Load the plan; where it cannot run here, BackendUnavailable with what the runtime said."""
+        data = self.entry.read_plan()
+        self.logger.errors.clear()
+        engine = self.runtime.deserialize_cuda_engine(data)
+        if engine is not None:
+            self._engine = engine
+            return
+        unavailable, text = cannot_run_reason(trt, self.runtime, self.logger, data, self.options)
+        text += f"; {also}" if also else ""
+        how = "supplied" if self.entry.manifest.get("supplied") else "built" if self.entry.built else \
+            "loaded from the engine cache"
+        where = f"plan {self.entry.plan_path} ({how})"
+        if unavailable:
+            raise BackendUnavailable(f"{self.flavor.label} {trt.__version__}: {where}, but it cannot run here: {text}")
+        raise EngineCacheError(f"{self.flavor.label} {trt.__version__} cannot load {where}: {text}",
+                               file=str(self.entry.plan_path))
+
+    def _create_context(self) -> Any:
+        if not self.flavor.runtime_cache:
+            return self.engine.create_execution_context()
+        self._runtime_config = self.engine.create_runtime_config()
+        self._runtime_cache = load_runtime_cache(self._runtime_config, self.entry.plan_path)
+        return self.engine.create_execution_context(self._runtime_config)
 
     def _check_io(self) -> None:
         e = self.engine
         names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
-        ins = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        plan = str(self.entry.plan_path)
-        for section, specs, got in (("inputs", self.contract.inputs, ins), ("outputs", self.contract.outputs, outs)):
-            for spec in specs:
-                if spec.name not in got:
-                    raise ModelMismatch(f"engine has no {section[:-1]} {spec.name!r} (engine {section}: "
-                                        f"{', '.join(got)})", file=plan, field=f"{section}.{spec.name}")
-                dtype = numpy_dtype(e.get_tensor_dtype(spec.name))
-                if dtype != np.dtype(spec.dtype):
-                    raise ModelMismatch(f"{spec.name} is {dtype} in the engine, {spec.dtype} in the contract",
-                                        file=plan, field=f"{section}.{spec.name}")
+        io: dict[str, dict[str, dict[str, Any]]] = {"inputs": {}, "outputs": {}}
+        for n in names:
+            section = "inputs" if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT else "outputs"
+            io[section][n] = {"dtype": numpy_name(e.get_tensor_dtype(n))}
+        plan = self.entry.plan_path
+        check_io(self.contract, io, plan, "deserialized plan")
         self.input_names = [s.name for s in self.contract.inputs]
         self.output_names = [s.name for s in self.contract.outputs]
         self.audio_name = self.contract.input_by_role(ROLE_AUDIO).name
@@ -212,6 +255,9 @@ class TrtBackend(Backend):
                 lo, opt, hi = (dims(d) for d in e.get_tensor_profile_shape(n, p))
                 r[n] = (lo, opt, hi)
             self.ranges.append(r)
+        if self.entry.manifest.get("supplied"):
+            check_profiles(self.options["profiles"], [{n: list(v) for n, v in r.items()} for r in self.ranges],
+                           plan, "deserialized plan")
         while len(self.profile_names) < len(self.ranges):
             self.profile_names.append(f"#{len(self.profile_names)}")
 
@@ -274,12 +320,13 @@ class TrtBackend(Backend):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(tensorrt=str(trt.__version__), gpu=self.gpu_name, compute_capability=self.compute_capability,
-                 engine=str(self.entry.plan_path), engine_built=self.entry.built,
-                 build_seconds=self.entry.manifest.get("build_seconds"), typing=self.options["typing"],
-                 profiles=self.profile_names, tf32=self.options["tf32"], device_bytes=self.pool.total_bytes)
+                 typing=self.options["typing"], profiles=self.profile_names, tf32=self.options["tf32"],
+                 device_bytes=self.pool.total_bytes, **plan_description(self.flavor, self.entry))
         return d
 
     def close(self) -> None:
+        if self.flavor.runtime_cache and getattr(self, "_runtime_cache", None) is not None:
+            save_runtime_cache(self._runtime_cache, self.entry.plan_path)
         self.ops.synchronize()
         self.pool.free_all()
         for attr in ("runner", "context", "engine", "_engine"):  # release TensorRT objects before the stream
@@ -287,11 +334,22 @@ class TrtBackend(Backend):
         self.ops.close()
 
 
+def plan_description(flavor: Flavor, entry: CacheEntry) -> dict[str, Any]:
+    """What report and summary record of the plan: path, sha256, size, built/loaded/supplied, verification."""
+    m = entry.manifest
+    return {"runtime": flavor.label, "engine": str(entry.plan_path), "engine_sha256": m.get("plan_sha256"),
+            "engine_bytes": m.get("plan_size"), "engine_built": entry.built,
+            "engine_supplied": bool(m.get("supplied")), "build_seconds": m.get("build_seconds"),
+            "engine_verified": m.get("verified"), "engine_key": m.get("key")}
+
+
 def create_trt_backend(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, Any]) -> Backend:
-    """Registry factory; raises BackendUnavailable when TensorRT, cuda-python or a GPU is missing."""
+    """Registry factory (kinds ``trt`` and ``trtrtx``); raises BackendUnavailable with the reason where the
+    runtime, cuda-python or a usable GPU is missing."""
+    flavor = FLAVORS[spec.kind]
     if spec.device != "cuda":
-        raise BackendUnavailable(f"TensorRT runs on CUDA devices only, not {spec.device!r}")
+        raise BackendUnavailable(f"{flavor.label} runs on CUDA devices only, not {spec.device!r}")
     if spec.precision not in ("fp32", "fp16"):
-        raise BackendUnavailable(f"TensorRT {spec.precision} needs calibration or Q/DQ nodes; not supported here")
-    load_tensorrt()
-    return TrtBackend(contract, Path(onnx), spec.precision, opts)
+        raise BackendUnavailable(f"{flavor.label} {spec.precision} needs calibration or Q/DQ nodes; not supported")
+    load_tensorrt(flavor)
+    return TrtBackend(contract, Path(onnx), spec.precision, opts, flavor)
