@@ -90,8 +90,7 @@ def test_3_the_deployed_loop_moves_no_caches(tiny_contract):
 
 def test_4a_a_reference_that_resets_its_cache_is_rejected_before_any_runtime_is_judged(tmp_path, tiny_contract):
     from streamparity.reference.checks import check_reference
-
-    from .test_reference_rejection import _reset_caches, _rewrite
+    from tests.reference.test_reference_rejection import _reset_caches, _rewrite
 
     bad = _rewrite(TINY_REFERENCE, tmp_path / "reset.jsonl", 30, _reset_caches)
     report = check_reference(tiny_contract, ReferenceFile(bad))

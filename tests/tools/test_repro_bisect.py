@@ -67,9 +67,9 @@ def test_failing_chunks_print_repro_lines(broken_run: tuple[Path, str]) -> None:
 
 def test_pytest_repro_line_works_from_the_directory_pytest_ran_in(broken_run: tuple[Path, str],
                                                                    tmp_path: Path) -> None:
-    """Started from tests/ with --report-dir and --fail-on-warn: the printed line reruns that one case there."""
+    """Started from suite/ with --report-dir and --fail-on-warn: the printed line reruns that one case there."""
     onnx, _ = broken_run
-    here = ROOT / "tests"
+    here = ROOT / "suite"
     r = run_pytest("-m", "parity", "parity/test_parity.py", "--onnx", str(onnx), "--backend", "ort-cpu-fp32",
                    "--chunks", "1-2", "--report-dir", str(tmp_path / "r1"), "--fail-on-warn", "-p", "no:xdist", "-q",
                    cwd=here)

@@ -16,6 +16,7 @@ from streamparity.contract.loading import load_contract
 from streamparity.drivers.closed_loop import run_closed_loop
 from streamparity.drivers.functional import run_functional
 from streamparity.errors import StreamparityError
+from streamparity.judging.wording import describe_chunk
 from streamparity.reference.reader import ReferenceFile
 from tests.backends.external.toy import TOY_CONTRACT, build_toy, live_processes, toy_step, write_toy_reference
 
@@ -106,7 +107,7 @@ def test_c_runtime_passes_both_modes(toy):
     try:
         assert b.describe()["runtime"]["name"] == "toy_runtime.c"
         for run in (run_functional(b, contract, ref, ref.chunk_ids), run_closed_loop(b, contract, ref)):
-            assert [c.verdict for c in run.chunks] == ["pass"] * 12, [c.describe(contract) for c in run.chunks]
+            assert [c.verdict for c in run.chunks] == ["pass"] * 12, [describe_chunk(c, contract) for c in run.chunks]
             assert all(m.max_abs == 0 for c in run.chunks for m in c.metrics.values())
     finally:
         b.close()
@@ -153,7 +154,7 @@ def test_runtime_fault_is_one_verdict_naming_the_chunk(toy, fault, why, stderr, 
     bad = [c for c in run.chunks if c.verdict != "pass"]
     first = bad[0]
     assert first.chunk == 7 and first.error is not None
-    line = first.describe(contract)[0]
+    line = describe_chunk(first, contract)[0]
     broke = "" if mode == "functional" else "stream broke at chunk 7: "
     assert line.startswith(f"[ext-toy-fp32 {mode} chunk 7] runtime error: {broke}RuntimeFault: runtime "
                            f"'ext-toy-fp32' failed in operation '{'run' if mode == 'functional' else 'step'}'"), line
