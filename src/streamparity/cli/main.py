@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "streamparity.cli.cmd_check_reference",
     "streamparity.cli.cmd_repro",
     "streamparity.cli.cmd_bisect",
+    "streamparity.cli.cmd_calibrate",
 )
 
 
