@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from streamparity.tools.generator import generate
 
     contract = load_contract(args.contract) if args.contract is not None else None
-    res = generate(contract, name=args.name, cache_layout=args.cache_layout, out_dir=args.out_dir, config_path=args.config, nemo_path=args.nemo,
+    res = generate(contract, name=args.name, cache_layout=args.cache_layout,
+                   out_dir=args.out_dir, config_path=args.config, nemo_path=args.nemo,
                    num_chunks=args.num_chunks, functional_chunks=args.functional_chunks, seed=args.seed,
                    device=args.device, export=not args.no_export, offline=not args.no_offline,
                    fault=args.inject_fault, reference_name=args.reference_name)

@@ -56,7 +56,7 @@ class Measurement:
     series: list[float] = field(default_factory=list, repr=False)
 
     def floor(self) -> float:
-        return ULP_FLOOR.get(self.precision, ULP_FLOOR["fp32"]) * max(self.scale, 1.0)
+        return float(ULP_FLOOR.get(self.precision, ULP_FLOOR["fp32"]) * max(self.scale, 1.0))
 
 
 def _round_up(x: float) -> float:
@@ -64,7 +64,7 @@ def _round_up(x: float) -> float:
     if x <= 0 or not math.isfinite(x):
         return x
     e = math.floor(math.log10(x)) - 1
-    return math.ceil(x / 10**e - 1e-9) * 10**e
+    return float(math.ceil(x / 10**e - 1e-9) * 10**e)
 
 
 def tolerance_entry(m: Measurement, margin: float) -> dict[str, Any]:

@@ -248,6 +248,12 @@ def generate(
         log(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB, {layout} caches)")
     if contract is None:
         assert onnx_path is not None
+        from streamparity.tools.offline_companion import why_no_offline
+
+        why = why_no_offline(encoder) if offline else None
+        if why:
+            log(f"no offline companion: {why}")
+            offline = False
         contract = _draft_and_load(encoder, onnx_path, out_dir, config_path=config_path, name=name,
                                    cache_layout=cache_layout, offline=offline, reference_name=reference_name, log=log)
     encoder = encoder.to(device)

@@ -81,7 +81,10 @@ def draft_contract(onnx: Path, nemo_config: Path | None, *, encoder: Any, cache_
                                 "cache-aware export names", file=str(onnx))
     L, C, D, T = s["n_layers"], s["cache_channel_size"], s["d_model"], s["cache_time_size"]
     frames = s["shift"] + s["pre_encode"]
-    lay = (lambda *rest: ["B", L, *rest]) if cache_layout == "batch_first" else (lambda *rest: [L, "B", *rest])
+
+    def lay(*rest: int) -> list[Any]:
+        return ["B", L, *rest] if cache_layout == "batch_first" else [L, "B", *rest]
+
     shapes: dict[str, list[Any]] = {
         "audio_signal": ["B", s["feat_in"], "T"], "length": ["B"], "cache_last_channel": lay(C, D),
         "cache_last_time": lay(D, T), "cache_last_channel_len": ["B"], "outputs": ["B", D, s["valid_out_len"]],

@@ -50,3 +50,15 @@ def write_offline(path: Path, encoded: np.ndarray, *, warmup_chunks: int, left_p
     np.savez_compressed(buf, encoded=encoded, warmup_chunks=np.int64(warmup_chunks),
                         left_pad_frames=np.int64(left_pad))
     atomic_write_bytes(path, buf.getvalue())
+
+
+def why_no_offline(encoder: Any) -> str | None:
+    """Why the offline encoder cannot equal the stream for this encoder (None: it can).  With
+    ``att_context_style='regular'`` and lookahead, offline frames see the full right context while streamed
+    frames see only the rest of their chunk, so no alignment makes the two equal."""
+    style = str(getattr(encoder, "att_context_style", "chunked_limited"))
+    att = [int(a) for a in encoder.att_context_size]
+    if style != "chunked_limited" and att[1] > 0:
+        return (f"att_context_style {style!r} with lookahead {att[1]}: the offline encoder sees more right context "
+                "than a streamed chunk, so it cannot be the stream's offline companion")
+    return None
