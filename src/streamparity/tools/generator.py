@@ -332,21 +332,26 @@ def generate(
     offline_path = None
     if offline:
         offline_path = _write_checked_offline(c, encoder, feats, stream_out, sched, out_dir / "offline.npz",
-                                              device=device, log=log)
+                                              device=device, log=log, check=fault == "none")
     if onnx_path is not None:
         verify_onnx(c, onnx_path, ref_path)
     return GenerateResult(ref_path, onnx_path, offline_path, num_chunks, time.perf_counter() - t0, c.path)
 
 
 def _write_checked_offline(c: Contract, encoder: Any, feats: Any, stream_out: list[np.ndarray],
-                           sched: dict[str, Any], path: Path, *, device: str, log: Any) -> Path:
-    """The offline companion, aligned with the stream, written only when it matches the stream after warm-up."""
+                           sched: dict[str, Any], path: Path, *, device: str, log: Any, check: bool = True) -> Path:
+    """The offline companion, aligned with the stream, written only when it matches the stream after warm-up
+    (`check` False: a deliberately faulty reference, whose clean offline companion must reveal the fault)."""
     from streamparity.reference.checks import compare_offline
     from streamparity.tools.offline_companion import offline_left_pad, run_offline, write_offline
 
     pad = offline_left_pad(sched["shift"], sched["drop_extra_pre_encoded"], int(encoder.subsampling_factor))
     full = run_offline(encoder, feats, pad=pad, frames=len(stream_out) * c.streaming.valid_out_len, device=device)
     chk = compare_offline(c, stream_out, full)
+    if not check:
+        write_offline(path, full, warmup_chunks=c.gates.offline_warmup_chunks, left_pad=pad)
+        log(f"offline companion written unchecked (injected fault): the stream differs by {chk.max_abs:.3g}")
+        return path
     if not chk.passed:
         raise GeneratorError(
             f"generator error: the offline companion (features left-padded by {pad} frames) differs from the "
