@@ -137,3 +137,16 @@ def test_unaligned_offline_companion_is_rejected(own_models, tmp_path):
     assert cli(["calibrate", str(contract)]) == 2
     assert cli(["check-reference", str(src / "reference.jsonl"), f"--contract={own_models['x4-striding']}",
                 "--no-bench"]) == 0
+
+
+def test_drafted_schedule_of_the_tiny_config_is_the_shipped_one(own_models):
+    """The generator's draft, from the config alone, reproduces the hand-written tiny contract's schedule."""
+    from .conftest import TINY_CONTRACT
+
+    drafted, shipped = (json.loads(Path(p).read_text("utf-8"))["streaming"]
+                        for p in (own_models["tiny"], TINY_CONTRACT))
+    for s in (drafted, shipped):
+        s["cache_len"].pop("reason")
+    assert drafted == shipped
+    x4 = json.loads(own_models["x4-striding"].read_text("utf-8"))["streaming"]["nemo"]
+    assert (x4["chunk_size"], x4["shift_size"], x4["left_chunks"]) == (4, 4, 4)

@@ -177,7 +177,8 @@ def _to_layout(t: Any, contract: Contract) -> np.ndarray:
 
 
 def _draft_and_load(encoder: Any, onnx_path: Path, out_dir: Path, *, config_path: Path | None, name: str | None,
-                    cache_layout: str, offline: bool, reference_name: str, log: Any) -> Contract:
+                    cache_layout: str, offline: bool, reference_name: str, streaming_args: dict[str, Any],
+                    log: Any) -> Contract:
     """make-reference without --contract: draft one from the encoder and the ONNX, write it, load it."""
     import json
 
@@ -192,7 +193,8 @@ def _draft_and_load(encoder: Any, onnx_path: Path, out_dir: Path, *, config_path
         except ValueError:
             cfg_rel = str(Path(config_path).resolve())
     doc = draft_contract(onnx_path, Path(cfg_rel) if cfg_rel else None, encoder=encoder, cache_layout=cache_layout,
-                         name=name, reference=reference_name, offline_reference="offline.npz" if offline else None)
+                         name=name, reference=reference_name, offline_reference="offline.npz" if offline else None,
+                         streaming_args=streaming_args)
     path = out_dir / f"{doc['name']}.contract.json"
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     log(f"drafted {path} (tolerances need calibration: streamparity calibrate {path})")
@@ -255,7 +257,8 @@ def generate(
             log(f"no offline companion: {why}")
             offline = False
         contract = _draft_and_load(encoder, onnx_path, out_dir, config_path=config_path, name=name,
-                                   cache_layout=cache_layout, offline=offline, reference_name=reference_name, log=log)
+                                   cache_layout=cache_layout, offline=offline, reference_name=reference_name,
+                                   streaming_args=streaming_args, log=log)
     encoder = encoder.to(device)
     sched = check_streaming_matches_contract(encoder, contract)
     shift, pre, drop = sched["shift"], sched["pre_encode"], sched["drop_extra_pre_encoded"]

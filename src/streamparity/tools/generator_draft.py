@@ -51,7 +51,6 @@ def nemo_schedule(encoder: Any) -> dict[str, Any]:
         "cache_time_size": int(t.shape[-1]), "subsampling_factor": factor, "att_context_size": att,
         "n_layers": n_layers, "d_model": int(c.shape[-1]), "feat_in": int(encoder._feat_in),
         "offline_warmup_chunks": warmup,
-        "chunk_size": _last(cfg.chunk_size),
     }
 
 
@@ -71,9 +70,17 @@ def _tol(prec: str, what: str) -> dict[str, Any]:
 
 def draft_contract(onnx: Path, nemo_config: Path | None, *, encoder: Any, cache_layout: str = "batch_first",
                    name: str | None = None, reference: str = "reference.jsonl",
-                   offline_reference: str | None = "offline.npz", source: str = "") -> dict[str, Any]:
-    """A schema-valid contract document for `encoder`, exported as `onnx`; paths relative to onnx's folder."""
+                   offline_reference: str | None = "offline.npz", source: str = "",
+                   streaming_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A schema-valid contract document for `encoder`, exported as `onnx`; paths relative to onnx's folder.
+    `streaming_args` are the ``setup_streaming_params`` arguments used (chunk_size, shift_size, left_chunks, in
+    output frames); absent ones are NeMo's defaults from ``att_context_size``."""
     s = nemo_schedule(encoder)
+    att = s["att_context_size"]
+    given = {k: v for k, v in (streaming_args or {}).items() if v is not None}
+    chunk = int(given.get("chunk_size", att[1] + 1))
+    nemo_args = {"chunk_size": chunk, "shift_size": int(given.get("shift_size", chunk)),
+                 "left_chunks": int(given.get("left_chunks", max(att[0], 0) // max(chunk, 1)))}
     ins, outs = _onnx_io(onnx)
     unknown = [n for n in ins if n not in _IN_ROLES] + [n for n in outs if n not in _OUT_ROLES]
     if unknown:
@@ -127,9 +134,7 @@ def draft_contract(onnx: Path, nemo_config: Path | None, *, encoder: Any, cache_
                           "reason": f"NeMo streaming_cfg: each chunk appends valid_out_len {s['valid_out_len']} - "
                                     f"cache_drop_size {s['cache_drop_size']} frames to a {C}-frame cache"},
             "cache_output_time_dim": "fixed",
-            "nemo": {"chunk_size": s["chunk_size"], "shift_size": s["shift"],
-                     "left_chunks": max(s["att_context_size"][0], 0) // max(s["att_context_size"][1] + 1, 1),
-                     "pre_encode_cache_size": s["pre_encode"],
+            "nemo": {**nemo_args, "pre_encode_cache_size": s["pre_encode"],
                      "drop_extra_pre_encoded": s["drop_extra_pre_encoded"],
                      "att_context_size": s["att_context_size"]},
         },
