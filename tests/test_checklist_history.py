@@ -26,8 +26,7 @@ from streamparity.reference.reader import ReferenceFile
 from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL
 from streamparity.session import ParitySession, SessionConfig
 from streamparity.tools import onnx_faults as F
-
-from .conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE
+from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE
 
 FP32 = parse_backend_spec("ort-cpu-fp32")
 

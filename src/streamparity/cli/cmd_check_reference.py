@@ -83,6 +83,7 @@ class Figures:
     contract: str | None
     random_access_s: float
     bench: Bench | None = None
+    offline: str | None = None
     peak_rss_mb: float = 0.0
     start_rss_mb: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -159,6 +160,7 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
     else:
         source = "built" + (f", written to {sidecar.name}" if after is not None else " (kept in memory)")
     contract: Contract | None = None
+    offline: Path | None = None
     cpath = contract_path or contract_named_in(dict(ref.header))
     notes: list[str] = []
     if cpath is not None:
@@ -174,7 +176,8 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
     if contract is not None:
         from streamparity.reference.checks import check_reference
 
-        report = check_reference(contract, ref)
+        offline = offline_for(contract, path, notes)
+        report = check_reference(contract, ref, offline_path=offline)
         if not report.ok:
             first = report.violations[0] if report.violations else None
             line = ref._entry(first.chunk).line if first is not None and first.chunk in ref._by_chunk else None
@@ -189,11 +192,24 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
     figs = Figures(path=file, chunks=len(ref), first=ref.entries[0].chunk, last=last, bytes=path.stat().st_size,
                    largest_line=max(e.length for e in ref.entries), index_s=index_s, index_source=source,
                    validate_s=validate_s, contract=str(cpath) if cpath else None, random_access_s=random_s,
-                   notes=notes, start_rss_mb=base_rss)
+                   notes=notes, start_rss_mb=base_rss, offline=str(offline) if offline else None)
     if bench_spec is not None:
         figs.bench = bench(ref, _bench_ids(ref.chunk_ids, bench_spec))
     figs.peak_rss_mb = _peak_rss_mb()
     return figs
+
+
+def offline_for(contract: Contract, reference: Path, notes: list[str]) -> Path | None:
+    """The contract's offline reference, when it names one and the checked reference is the contract's."""
+    offline = contract.resolve("offline_reference")
+    if offline is None:
+        return None
+    own = contract.resolve("reference")
+    if own is None or own.resolve() != reference.resolve():
+        notes.append(f"offline comparison skipped: {offline.name} belongs to the contract's reference "
+                     f"({own}), not to this one")
+        return None
+    return offline
 
 
 def _lines(mib: float, line_bytes: int) -> str:
@@ -207,7 +223,8 @@ def report_lines(f: Figures) -> list[str]:
         f"  chunks: {f.chunks} ({f.first}..{f.last}), {f.bytes / mb:.1f} MB, largest line {f.largest_line / mb:.2f} MB",
         f"  index: {f.index_source} in {f.index_s:.2f} s",
         f"  validated in {f.validate_s:.2f} s: format, dtypes, shapes, base64, no NaN/Inf"
-        + (f", contract invariants and cache chaining ({f.contract})" if f.contract else ""),
+        + (f", contract invariants and cache chaining ({f.contract})" if f.contract else "")
+        + (f", offline reference ({f.offline})" if f.offline else ""),
         f"  random access: chunk {f.last} (the last) in {f.random_access_s * 1e3:.1f} ms with a fresh reader, "
         "without parsing earlier chunks",
     ]

@@ -14,7 +14,13 @@ def register(sub: Any) -> None:
                        description=__doc__)
     from streamparity.cli.validators import existing_file, positive_int
 
-    p.add_argument("--contract", type=existing_file, required=True, metavar="PATH", help="contract JSON")
+    p.add_argument("--contract", type=existing_file, default=None, metavar="PATH",
+                   help="contract JSON (default: draft one from the encoder into --out-dir; its tolerances then "
+                        "need `streamparity calibrate`)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="name of a drafted contract (default: the --out-dir folder name)")
+    p.add_argument("--cache-layout", default="batch_first", choices=("batch_first", "layers_first"),
+                   help="cache layout of a drafted contract and its ONNX (default: batch_first, as NeMo exports)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", type=existing_file, metavar="PATH",
                      help="NeMo ConformerEncoder config JSON (random weights, seeded)")
@@ -37,8 +43,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from streamparity.tools.generator import generate
 
-    contract = load_contract(args.contract)
-    res = generate(contract, out_dir=args.out_dir, config_path=args.config, nemo_path=args.nemo,
+    contract = load_contract(args.contract) if args.contract is not None else None
+    res = generate(contract, name=args.name, cache_layout=args.cache_layout,
+                   out_dir=args.out_dir, config_path=args.config, nemo_path=args.nemo,
                    num_chunks=args.num_chunks, functional_chunks=args.functional_chunks, seed=args.seed,
                    device=args.device, export=not args.no_export, offline=not args.no_offline,
                    fault=args.inject_fault, reference_name=args.reference_name)
@@ -46,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
           f"in {res.seconds:.1f} s")
     if res.onnx:
         print(f"wrote {res.onnx}")
+    if args.contract is None and res.contract is not None:
+        print(f"wrote {res.contract} (drafted; next: streamparity calibrate {res.contract})")
     if res.offline:
         print(f"wrote {res.offline}")
     return 0

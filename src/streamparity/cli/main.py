@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "streamparity.cli.cmd_serve_ort",
     "streamparity.cli.cmd_record",
     "streamparity.cli.cmd_build_engine",
+    "streamparity.cli.cmd_calibrate",
 )
 
 

@@ -143,16 +143,24 @@ def _check_chunks(contract: Contract, ref: ReferenceFile, report: ReferenceRepor
     return report
 
 
-def check_offline(contract: Contract, encoded: list[np.ndarray], offline_path: Path) -> OfflineCheck:
-    """Streaming outputs, concatenated over time, must match the offline full-context encoder output
-    after the contract's warm-up (the first chunk is zero-padded, which takes a while to wash out)."""
+def load_offline_encoded(offline_path: Path) -> np.ndarray:
     try:
         with np.load(offline_path) as z:
-            offline = np.asarray(z["encoded"])
-            skip = contract.gates.offline_warmup_chunks
+            return np.asarray(z["encoded"])
     except (OSError, KeyError, ValueError) as e:
         raise ReferenceFormatError(f"cannot read offline reference ({e})", file=str(offline_path),
                                    field="encoded") from None
+
+
+def check_offline(contract: Contract, encoded: list[np.ndarray], offline_path: Path) -> OfflineCheck:
+    """Streaming outputs, concatenated over time, must match the offline full-context encoder output
+    after the contract's warm-up (the first chunk is zero-padded, which takes a while to wash out)."""
+    return compare_offline(contract, encoded, load_offline_encoded(offline_path))
+
+
+def compare_offline(contract: Contract, encoded: list[np.ndarray], offline: np.ndarray) -> OfflineCheck:
+    """The comparison itself, on arrays (the generator runs it before writing the offline file)."""
+    skip = contract.gates.offline_warmup_chunks
     atol = contract.gates.offline_atol if contract.gates.offline_atol is not None else 1e-4
     if not encoded:
         return OfflineCheck(0, skip, float("inf"), -1, atol, False)

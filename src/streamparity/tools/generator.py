@@ -107,8 +107,9 @@ def load_nemo_encoder(path: Path, streaming: dict[str, Any], device: str) -> Any
     return enc
 
 
-def export_onnx(encoder: Any, streaming: dict[str, Any], out: Path) -> None:
-    """Export with cache support, atomically; streaming params are applied before and re-applied after."""
+def export_onnx(encoder: Any, streaming: dict[str, Any], out: Path, *, cache_layout: str = "batch_first") -> None:
+    """Export with cache support, atomically; streaming params are applied before and re-applied after.
+    A layers-first layout wraps NeMo's batch-first cache I/O in transposes (streamparity.tools.onnx_layout)."""
     apply_streaming(encoder, streaming)
     encoder.export_cache_support = True
     tmp = out.with_name(f".{out.name}.partial.onnx")
@@ -117,6 +118,14 @@ def export_onnx(encoder: Any, streaming: dict[str, Any], out: Path) -> None:
         data = tmp.read_bytes()
     finally:
         tmp.unlink(missing_ok=True)
+    if cache_layout == "layers_first":
+        import onnx
+
+        from streamparity.tools.onnx_layout import to_layers_first
+
+        model = to_layers_first(onnx.load_from_string(data), ("cache_last_channel", "cache_last_time"),
+                                ("cache_last_channel_next", "cache_last_time_next"))
+        data = model.SerializeToString()
     atomic_write_bytes(out, data)
     apply_streaming(encoder, streaming)  # export may reset them (set_export_config)
 
@@ -157,6 +166,7 @@ class GenerateResult:
     offline: Path | None
     chunks: int
     seconds: float
+    contract: Path | None = None
 
 
 def _to_layout(t: Any, contract: Contract) -> np.ndarray:
@@ -166,8 +176,33 @@ def _to_layout(t: Any, contract: Contract) -> np.ndarray:
     return a
 
 
+def _draft_and_load(encoder: Any, onnx_path: Path, out_dir: Path, *, config_path: Path | None, name: str | None,
+                    cache_layout: str, offline: bool, reference_name: str, streaming_args: dict[str, Any],
+                    log: Any) -> Contract:
+    """make-reference without --contract: draft one from the encoder and the ONNX, write it, load it."""
+    import json
+
+    from streamparity.atomic import atomic_write_text
+    from streamparity.contract.loading import load_contract
+    from streamparity.tools.generator_draft import draft_contract
+
+    cfg_rel = None
+    if config_path is not None:
+        try:
+            cfg_rel = Path(config_path).resolve().relative_to(out_dir.resolve()).as_posix()
+        except ValueError:
+            cfg_rel = str(Path(config_path).resolve())
+    doc = draft_contract(onnx_path, Path(cfg_rel) if cfg_rel else None, encoder=encoder, cache_layout=cache_layout,
+                         name=name, reference=reference_name, offline_reference="offline.npz" if offline else None,
+                         streaming_args=streaming_args)
+    path = out_dir / f"{doc['name']}.contract.json"
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    log(f"drafted {path} (tolerances need calibration: streamparity calibrate {path})")
+    return load_contract(path)
+
+
 def generate(
-    contract: Contract,
+    contract: Contract | None,
     *,
     out_dir: Path,
     config_path: Path | None = None,
@@ -180,15 +215,19 @@ def generate(
     offline: bool = True,
     fault: str = "none",
     reference_name: str = "reference.jsonl",
+    name: str | None = None,
+    cache_layout: str = "batch_first",
     log: Any = print,
 ) -> GenerateResult:
     torch = _torch()
     if fault not in FAULTS:
         raise GeneratorError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+    if contract is None and not export:
+        raise GeneratorError("--no-export needs --contract: the contract is drafted from the exported ONNX")
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    streaming = dict(contract.streaming.nemo)
+    streaming = dict(contract.streaming.nemo) if contract is not None else {}
     streaming_args: dict[str, Any] = {k: streaming[k] for k in ("chunk_size", "shift_size", "left_chunks")
                                       if k in streaming}
     config_sha = None
@@ -204,14 +243,30 @@ def generate(
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = None
+    layout = contract.cache_layout if contract is not None else cache_layout
     if export:
         onnx_path = out_dir / "encoder.onnx"
-        export_onnx(encoder, streaming_args, onnx_path)
-        log(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB)")
+        export_onnx(encoder, streaming_args, onnx_path, cache_layout=layout)
+        log(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB, {layout} caches)")
+    if contract is None:
+        assert onnx_path is not None
+        from streamparity.tools.offline_companion import why_no_offline
+
+        why = why_no_offline(encoder) if offline else None
+        if why:
+            log(f"no offline companion: {why}")
+            offline = False
+        contract = _draft_and_load(encoder, onnx_path, out_dir, config_path=config_path, name=name,
+                                   cache_layout=cache_layout, offline=offline, reference_name=reference_name,
+                                   streaming_args=streaming_args, log=log)
     encoder = encoder.to(device)
     sched = check_streaming_matches_contract(encoder, contract)
     shift, pre, drop = sched["shift"], sched["pre_encode"], sched["drop_extra_pre_encoded"]
     c = contract
+    if offline and num_chunks <= c.gates.offline_warmup_chunks + 1:
+        raise GeneratorError(f"--num-chunks {num_chunks} leaves no chunk to compare with the offline reference "
+                             f"after the contract's {c.gates.offline_warmup_chunks} warm-up chunks",
+                             file=str(c.path), field="gates.offline_warmup_chunks")
     names = {r: c.input_by_role(r).name for r in (ROLE_AUDIO, ROLE_LENGTH, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME,
                                                    ROLE_CACHE_LEN)}
     onames = {r: c.output_by_role(r).name for r in (ROLE_ENCODED, ROLE_ENCODED_LEN, ROLE_CACHE_CHANNEL,
@@ -279,18 +334,37 @@ def generate(
                 log(f"chunk {k}/{num_chunks}")
     offline_path = None
     if offline:
-        with torch.no_grad():
-            full, _ = encoder(audio_signal=feats.to(device), length=torch.tensor([total], device=device))
-        offline_path = out_dir / "offline.npz"
-        import io
-
-        buf = io.BytesIO()
-        np.savez_compressed(buf, encoded=full.float().cpu().numpy()[..., : num_chunks * c.streaming.valid_out_len],
-                            warmup_chunks=np.int64(c.gates.offline_warmup_chunks))
-        atomic_write_bytes(offline_path, buf.getvalue())
+        offline_path = _write_checked_offline(c, encoder, feats, stream_out, sched, out_dir / "offline.npz",
+                                              device=device, log=log, check=fault == "none")
     if onnx_path is not None:
         verify_onnx(c, onnx_path, ref_path)
-    return GenerateResult(ref_path, onnx_path, offline_path, num_chunks, time.perf_counter() - t0)
+    return GenerateResult(ref_path, onnx_path, offline_path, num_chunks, time.perf_counter() - t0, c.path)
+
+
+def _write_checked_offline(c: Contract, encoder: Any, feats: Any, stream_out: list[np.ndarray],
+                           sched: dict[str, Any], path: Path, *, device: str, log: Any, check: bool = True) -> Path:
+    """The offline companion, aligned with the stream, written only when it matches the stream after warm-up
+    (`check` False: a deliberately faulty reference, whose clean offline companion must reveal the fault)."""
+    from streamparity.reference.checks import compare_offline
+    from streamparity.tools.offline_companion import offline_left_pad, run_offline, write_offline
+
+    pad = offline_left_pad(sched["shift"], sched["drop_extra_pre_encoded"], int(encoder.subsampling_factor))
+    full = run_offline(encoder, feats, pad=pad, frames=len(stream_out) * c.streaming.valid_out_len, device=device)
+    chk = compare_offline(c, stream_out, full)
+    if not check:
+        write_offline(path, full, warmup_chunks=c.gates.offline_warmup_chunks, left_pad=pad)
+        log(f"offline companion written unchecked (injected fault): the stream differs by {chk.max_abs:.3g}")
+        return path
+    if not chk.passed:
+        raise GeneratorError(
+            f"generator error: the offline companion (features left-padded by {pad} frames) differs from the "
+            f"streaming reference by {chk.max_abs:.3g} at chunk {chk.worst_chunk} > offline_atol {chk.atol:g} "
+            f"(over {chk.compared_chunks} chunks after {chk.skipped_chunks} warm-up chunks); offline.npz not written",
+            file=str(path), chunk=chk.worst_chunk if chk.worst_chunk >= 0 else None, field="gates.offline_atol")
+    write_offline(path, full, warmup_chunks=c.gates.offline_warmup_chunks, left_pad=pad)
+    log(f"offline companion matches the stream to {chk.max_abs:.3g} over {chk.compared_chunks} chunks after "
+        f"{chk.skipped_chunks} warm-up chunks (features left-padded by {pad} frames)")
+    return path
 
 
 def _nemo_version() -> str | None:
