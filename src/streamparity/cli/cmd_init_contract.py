@@ -40,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
     streaming = None
     source = None
     if args.nemo_config is not None:
-        from streamparity.tools.generator import load_config
+        from streamparity.tools.generator import build_encoder, load_config
 
         config = load_config(args.nemo_config)
+        encoder = build_encoder(config)
+        streaming = dict(config["streaming"])
         source = f"NeMo ConformerEncoder from {args.nemo_config.name}"
     elif args.nemo is not None:
         from streamparity.tools.generator import load_nemo_encoder
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         streaming = {"chunk_size": args.chunk_size, "shift_size": args.shift_size, "left_chunks": args.left_chunks}
         encoder = load_nemo_encoder(args.nemo, streaming, "cpu")
         source = str(args.nemo)
-    doc = draft_contract(args.onnx, config, encoder=encoder, streaming_args=streaming, name=args.name, source=source)
+    doc = draft_contract(args.onnx, encoder=encoder, streaming_args=streaming, name=args.name, source=source)
     if args.nemo_config is not None:
         doc["model"]["nemo_config"] = str(args.nemo_config)
     print_summary(args.out, write_contract(doc, args.out))

@@ -152,23 +152,18 @@ def _tensor(section: str, i: int, t: Any, layout: str | None, s: dict[str, Any],
     return d
 
 
-def draft_contract(onnx: Path | None, nemo_config: dict[str, Any] | None = None, *, encoder: Any = None,
+def draft_contract(onnx: Path | None, *, encoder: Any = None,
                    streaming_args: dict[str, Any] | None = None, name: str | None = None,
                    source: str | None = None) -> dict[str, Any]:
     """A contract document (a dict) drafted from an ONNX and, where given, a NeMo encoder.
 
-    ``nemo_config`` is the generator's encoder config ({encoder, seed, streaming}); ``encoder`` a NeMo
-    encoder already built (e.g. from a .nemo) with ``streaming_args`` applied.  Undecidable values are
-    ``TODO:`` markers.
+    ``encoder`` is a NeMo encoder already built (from a config or a .nemo, see :mod:`streamparity.tools.generator`)
+    with ``streaming_args`` applied; without it the schedule is left as ``TODO:`` markers, like every value the
+    files cannot decide.
     """
     if onnx is None:
         raise ContractError("drafting a contract needs the ONNX (its I/O names, dtypes and shapes)")
     prov: dict[str, str] = {}
-    if nemo_config is not None and encoder is None:
-        from streamparity.tools.generator import build_encoder
-
-        encoder = build_encoder(nemo_config)
-        streaming_args = dict(nemo_config["streaming"])
     streaming = nemo_streaming(encoder, streaming_args, prov) if encoder is not None else _todo_streaming()
     inputs, outputs = read_onnx_io(onnx)
     layers = int(encoder.n_layers) if encoder is not None and hasattr(encoder, "n_layers") else None
