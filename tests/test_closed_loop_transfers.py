@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from streamparity.backends.ort import OrtBackend
 from streamparity.contract.loading import load_contract
 from streamparity.drivers.closed_loop import run_closed_loop
 from streamparity.reference.reader import ReferenceFile
+from streamparity.results.records import RunResult
 from streamparity.tools.transfers import CountedDeviceBackend, benchmark_loop_bytes, parity_loop_bytes
 
 from .conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE
@@ -47,7 +49,7 @@ def test_previous_state_and_completed_outputs_equal_the_old_copies(tmp_path: Pat
             np.testing.assert_array_equal(full[name], value, err_msg=f"chunk {k} output {name}")
 
 
-def _bundles(run):  # type: ignore[no-untyped-def]
+def _bundles(run: RunResult) -> dict[int, tuple[Any, Any]]:
     return {c.chunk: (c.bundle_inputs, c.bundle_outputs) for c in run.chunks if c.verdict == "fail"}
 
 

@@ -228,16 +228,38 @@ def bytes_bench(paths: dict[str, Path]) -> dict[str, Any]:
     backend = OrtBackend(contract, paths["onnx"])
     upto = ref.chunk_ids[-1]
     cached = sum(1 for k in ref.chunk_ids if ref.meta(k).get("has_caches", True))
-    figs = {"chunks": len(ref), "chunks_with_caches": cached}
-    for name, fn in (("parity_before", lambda: parity_loop_bytes(backend, contract, ref, upto=upto,
-                                                                 snapshot_each=True)),
-                     ("parity_after", lambda: parity_loop_bytes(backend, contract, ref, upto=upto)),
-                     ("benchmark", lambda: benchmark_loop_bytes(backend, contract, ref, upto=upto))):
-        figs[name] = fn().per_chunk()
-        f = figs[name]
+    figs: dict[str, Any] = {"chunks": len(ref), "chunks_with_caches": cached}
+    loops = {"parity_before": parity_loop_bytes(backend, contract, ref, upto=upto, snapshot_each=True),
+             "parity_after": parity_loop_bytes(backend, contract, ref, upto=upto),
+             "benchmark": benchmark_loop_bytes(backend, contract, ref, upto=upto)}
+    for name, got in loops.items():
+        f = figs[name] = got.per_chunk()
         print(f"  {name}: h2d {f['h2d']:.0f} B/chunk, d2h {f['d2h']:.0f} B/chunk, "
               f"on device {f['device_to_device']:.0f} B/chunk", flush=True)
     return figs
+
+
+def computed_bytes(contract_path: Path, chunks: int, with_caches: int, frames: int = 57) -> dict[str, Any]:
+    """The same three loops at B=1 from a contract's shapes (e.g. the full-size parakeet one): d2h per chunk."""
+    from math import prod
+
+    from streamparity.contract.loading import load_contract
+
+    c = load_contract(contract_path)
+
+    def size(spec: Any) -> int:
+        dims = [1 if d == "B" else frames if d == "T" else d for d in spec.shape]
+        return prod(int(d) for d in dims) * np.dtype(spec.dtype).itemsize
+
+    big = {"cache_channel", "cache_time"}
+    small_out = sum(size(o) for o in c.outputs if o.role not in big)
+    big_out = sum(size(o) for o in c.outputs if o.role in big)
+    state = sum(size(i) for i in c.inputs if i.role in big | {"cache_len"})
+    up = sum(size(i) for i in c.inputs if i.role in ("audio", "length"))
+    return {"contract": str(contract_path), "chunks": chunks, "chunks_with_caches": with_caches,
+            "h2d": up, "d2h_parity_before": state + small_out + big_out,
+            "d2h_parity_after": small_out + big_out * with_caches / chunks,
+            "d2h_parity_after_chunk_without_caches": small_out, "d2h_benchmark": small_out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{doc['suite']['median_bare_work_s']:.2f}s)", flush=True)
         print("closed-loop bytes per chunk (counted on the CPU):", flush=True)
         doc["bytes_per_chunk"] = bytes_bench(paths)
+        full = computed_bytes(ROOT / "contracts" / "fullsize-parakeet.contract.json", 300, 48)
+        doc["bytes_per_chunk_fullsize_computed"] = full
+        print(f"  full size (from the contract's shapes, 48 of 300 chunks with caches): d2h before "
+              f"{full['d2h_parity_before'] / 1e6:.1f} MB/chunk, after {full['d2h_parity_after'] / 1e6:.2f} MB/chunk "
+              f"({full['d2h_parity_after_chunk_without_caches']} B on chunks without caches), benchmark "
+              f"{full['d2h_benchmark']} B/chunk", flush=True)
     if not a.no_reader:
         print("reader, synthetic full-size line:", flush=True)
         doc["reader"] = reader_bench(a.rounds)

@@ -60,9 +60,20 @@ def terminal_progress(config: Any, label: str, total: int, **kw: Any) -> Progres
     if reporter is None or getattr(config.option, "verbose", 0) < -1:
         return None
 
-    def write(text: str) -> None:
-        reporter.ensure_newline()
+    capman = config.pluginmanager.get_plugin("capturemanager")
+
+    def emit(text: str) -> None:
+        # after a row of progress dots (-q), start a fresh line; the dots go on below it
+        if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+            reporter.write("\n")
         reporter.write_line(f"streamparity: {text}")
+
+    def write(text: str) -> None:
+        if capman is not None:  # inside a test the output is captured: write past it, as pytest's own lines do
+            with capman.global_and_fixture_disabled():
+                emit(text)
+        else:
+            emit(text)
 
     return Progress(label, total, write, **kw)
 
