@@ -6,6 +6,7 @@ and are deterministic, so serial and ``-n 2`` runs give the same verdicts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from streamparity.contract.model import ROLE_ENCODED, Contract
 from streamparity.contract.model_io import check_onnx_file
 from streamparity.drivers.closed_loop import run_closed_loop
 from streamparity.drivers.functional import run_functional
+from streamparity.drivers.progress import Progress
 from streamparity.drivers.selection import ChunkSelection
 from streamparity.errors import BackendUnavailable, ReferenceInvalid, StreamparityError
 from streamparity.judging.gates import RunGates, direct_difference, judge_gates
@@ -72,6 +74,8 @@ def load_offline(path: Path) -> None:
 class ParitySession:
     def __init__(self, cfg: SessionConfig) -> None:
         self.cfg = cfg
+        self.progress: Callable[[str, int], Progress | None] | None = None
+        """(label, chunks) -> a progress callback for one run; the plugin sets it (drivers.progress)."""
         self.contract: Contract = load_contract(cfg.contract)
         onnx = cfg.onnx or self.contract.resolve("onnx")
         ref = cfg.reference or self.contract.resolve("reference")
@@ -148,12 +152,19 @@ class ParitySession:
         if key not in self._runs:
             b = self.backend(spec)
             if mode == FUNCTIONAL:
-                self._runs[key] = run_functional(b, self.contract, self.reference, self.functional_chunks())
+                chunks = self.functional_chunks()
+                bar = self.progress(f"{spec.id} {mode}", len(chunks)) if self.progress else None
+                self._runs[key] = run_functional(b, self.contract, self.reference, chunks, on_step=bar)
             elif mode == CLOSED_LOOP:
                 sel = self.closed_loop_chunks()
-                self._runs[key] = run_closed_loop(b, self.contract, self.reference, upto=max(sel) if sel else -1)
+                upto = max(sel) if sel else -1
+                bar = self.progress(f"{spec.id} {mode}", sum(1 for k in self.reference.chunk_ids if k <= upto)) \
+                    if self.progress else None
+                self._runs[key] = run_closed_loop(b, self.contract, self.reference, upto=upto, on_step=bar)
             else:
                 raise ValueError(mode)
+            if bar is not None:
+                bar.done()
         return self._runs[key]
 
     # -- run-level gates --------------------------------------------------------------

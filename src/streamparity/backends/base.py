@@ -37,16 +37,31 @@ class BackendSpec:
 class Stream(abc.ABC):
     """A closed-loop stream: the backend's own caches are fed back from chunk to chunk."""
 
+    keeps_previous_state: bool = False
+    """True where :meth:`previous_state` works: the closed loop then copies state only for failing chunks."""
+
     last_cache_len_in: np.ndarray
     """The cache length fed to the last step (host copy): what the contract's progression is judged on."""
 
     @abc.abstractmethod
-    def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one chunk; return the outputs to compare (host arrays), caches included if fetched."""
+    def step(self, audio: np.ndarray, length: np.ndarray, *,
+             fetch_caches: bool | None = None) -> dict[str, np.ndarray]:
+        """Run one chunk; return the outputs to compare (host arrays), the big caches included if fetched
+        (`fetch_caches`: this step only; None = the stream's default)."""
 
     def state_snapshot(self) -> dict[str, np.ndarray]:
         """Host copies of the cache inputs of the next step (for failure bundles); may be slow on GPUs."""
         return {}
+
+    def previous_state(self) -> dict[str, np.ndarray] | None:
+        """Host copies of the cache inputs the last step ran on, or None where the stream does not keep
+        them (the closed loop then snapshots before every step).  Copies only when called: after a failure."""
+        return None
+
+    def complete_outputs(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`out` (what the last step returned) with the cache outputs it did not return copied back, in the
+        step's output order: a failure bundle's outputs."""
+        return dict(out)
 
     @property
     def bytes_moved(self) -> tuple[int, int]:
@@ -112,6 +127,8 @@ def pad_cache_to(array: np.ndarray, like: tuple[int, ...], *, name: str, side: s
 class HostStream(Stream):
     """Closed loop through host memory: cache outputs are copied back and fed as inputs."""
 
+    keeps_previous_state = True
+
     def __init__(self, backend: Backend, initial: Mapping[str, np.ndarray], *, fetch_caches: bool) -> None:
         c = backend.contract
         self.backend = backend
@@ -124,19 +141,36 @@ class HostStream(Stream):
         self.pad_side = c.streaming.cache_pad_side
         self.fetch_caches = fetch_caches
         self.last_cache_len_in: np.ndarray = self.state[c.input_by_role(ROLE_CACHE_LEN).name].copy()
+        self.big_caches = {o.name for o in c.outputs if o.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME)}
+        self._prev: dict[str, np.ndarray] | None = None
+        self._held: dict[str, np.ndarray] = {}
+        self._order: list[str] = []
 
     def state_snapshot(self) -> dict[str, np.ndarray]:
         return dict(self.state)
 
-    def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+    def previous_state(self) -> dict[str, np.ndarray] | None:
+        return dict(self._prev) if self._prev is not None else None
+
+    def complete_outputs(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        full = {**out, **self._held}
+        return {k: full[k] for k in self._order if k in full}
+
+    def step(self, audio: np.ndarray, length: np.ndarray, *,
+             fetch_caches: bool | None = None) -> dict[str, np.ndarray]:
         feeds = dict(self.state)
         feeds[self.audio_name] = audio
         feeds[self.length_name] = length
         self.last_cache_len_in = self.state[self.cache_inputs[2]].copy()
+        self._prev = None  # the step may fail half-way
         out = self.backend.run(feeds)
+        self._prev = {k: feeds[k] for k in self.cache_inputs}  # the arrays are replaced, never written to
         for out_name, in_name in self.feeds_map.items():
             v = out[out_name]
             if self.pad:
                 v = pad_cache_to(v, self.state[in_name].shape, name=out_name, side=self.pad_side)
             self.state[in_name] = v
+        fetch = self.fetch_caches if fetch_caches is None else fetch_caches
+        self._order = list(out)
+        self._held = {} if fetch else {k: out.pop(k) for k in list(out) if k in self.big_caches}
         return out

@@ -135,6 +135,8 @@ def run_once(contract: Contract, ops: DeviceOps[B], runner: DeviceRunner[B], poo
 class DeviceLoopStream(Stream, Generic[B]):
     """Closed loop with the caches kept on the device, swapped between ping-pong buffers each chunk."""
 
+    keeps_previous_state = True
+
     def __init__(self, contract: Contract, ops: DeviceOps[B], runner: DeviceRunner[B], pool: BufferPool[B],
                  initial: Mapping[str, np.ndarray], *, fetch_caches: bool) -> None:
         c = contract
@@ -149,6 +151,9 @@ class DeviceLoopStream(Stream, Generic[B]):
         self.out_dtypes = {o.name: np.dtype(o.dtype) for o in c.outputs}
         self.big_caches = {o.name for o in c.outputs if o.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME)}
         self.cur: dict[str, DeviceTensor[B]] = {}
+        self.prev: dict[str, DeviceTensor[B]] | None = None  # the last step's cache inputs, still on the device
+        self.held: dict[str, DeviceTensor[B]] = {}  # the last step's cache outputs step() did not copy back
+        self.order: list[str] = []  # the last step's outputs, in the runner's order
         self.phase: dict[str, int] = {}
         self._moved = (0, 0)
         pool.owner = self
@@ -172,7 +177,8 @@ class DeviceLoopStream(Stream, Generic[B]):
     def _spare(self, in_name: str, nbytes: int) -> B:
         return self.pool.get(f"pp:{in_name}:{1 - self.phase[in_name]}", nbytes)
 
-    def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+    def step(self, audio: np.ndarray, length: np.ndarray, *,
+             fetch_caches: bool | None = None) -> dict[str, np.ndarray]:
         if self.pool.owner is not self:
             raise RuntimeError("another stream or run() has used this backend's device buffers since this "
                                "stream was opened; open one stream at a time")
@@ -186,6 +192,7 @@ class DeviceLoopStream(Stream, Generic[B]):
             up += a.nbytes
             inputs[spec.name] = DeviceTensor(buf, tuple(a.shape), a.dtype)
         self.last_cache_len_in = self._len_host.copy()
+        self.prev, self.held = None, {}
         where: dict[str, B] = {}
 
         def bind(name: str, shape: Shape) -> B:
@@ -203,6 +210,8 @@ class DeviceLoopStream(Stream, Generic[B]):
         missing = [o for o in self.feeds_map if o not in shapes]
         if missing:
             raise RuntimeError(f"runner produced no cache output(s) {missing}")
+        # the inputs stay in their ping-pong half until the step after next writes there: kept for bundles
+        prev = dict(self.cur)
         for out_name, in_name in self.feeds_map.items():
             dtype = self.out_dtypes[out_name]
             if self.pad:
@@ -214,10 +223,13 @@ class DeviceLoopStream(Stream, Generic[B]):
             else:
                 self.cur[in_name] = DeviceTensor(where[out_name], shapes[out_name], dtype)
             self.phase[in_name] = 1 - self.phase[in_name]
+        self.prev, self.order = prev, list(shapes)
+        fetch = self.fetch_caches if fetch_caches is None else fetch_caches
         out: dict[str, np.ndarray] = {}
         down = 0
         for name, shape in shapes.items():
-            if name in self.big_caches and not self.fetch_caches:
+            if name in self.big_caches and not fetch:
+                self.held[name] = DeviceTensor(where[name], shape, self.out_dtypes[name])
                 continue
             out[name] = ops.d2h(where[name], shape, self.out_dtypes[name])
             down += out[name].nbytes
@@ -228,6 +240,18 @@ class DeviceLoopStream(Stream, Generic[B]):
 
     def state_snapshot(self) -> dict[str, np.ndarray]:
         return {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.cur.items()}
+
+    def previous_state(self) -> dict[str, np.ndarray] | None:
+        if self.prev is None or self.pool.owner is not self:
+            return None
+        return {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.prev.items()}
+
+    def complete_outputs(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.pool.owner is not self or not self.held:
+            return dict(out)
+        late = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.held.items()}
+        full = {**out, **late}
+        return {k: full[k] for k in self.order if k in full}
 
     @property
     def bytes_moved(self) -> tuple[int, int]:

@@ -91,6 +91,31 @@ class NumpyOps:
         pass
 
 
+class CountingOps(NumpyOps):
+    """:class:`NumpyOps` that counts the bytes crossing host<->device (h2d, d2h) and moved on the device
+    (copy2d, memset0): what a closed loop would move on a GPU, measured on the CPU."""
+
+    def __init__(self) -> None:
+        self.h2d_bytes = self.d2h_bytes = self.device_bytes = 0
+
+    def h2d(self, dst: np.ndarray, src: np.ndarray) -> None:
+        self.h2d_bytes += int(np.asarray(src).nbytes)
+        super().h2d(dst, src)
+
+    def d2h(self, src: np.ndarray, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        self.d2h_bytes += nbytes_of(shape, np.dtype(dtype))
+        return super().d2h(src, shape, dtype)
+
+    def memset0(self, dst: np.ndarray, nbytes: int) -> None:
+        self.device_bytes += int(nbytes)
+        super().memset0(dst, nbytes)
+
+    def copy2d(self, dst: np.ndarray, dst_offset: int, dst_pitch: int, src: np.ndarray, src_pitch: int,
+               width: int, rows: int) -> None:
+        self.device_bytes += int(width) * int(rows)
+        super().copy2d(dst, dst_offset, dst_pitch, src, src_pitch, width, rows)
+
+
 def load_cudart() -> Any:
     """cuda-python's runtime bindings, or BackendUnavailable."""
     for name in ("cuda.bindings.runtime", "cuda.cudart"):

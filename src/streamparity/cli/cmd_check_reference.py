@@ -169,10 +169,18 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
         notes.append(f"no contract named {ref.header.get('contract')!r} under contracts/: format and finiteness "
                      "checks only (pass --contract)")
     # validation pass: every chunk through our reader, non-finite values, then the contract checks
+    from streamparity.drivers.progress import stderr_progress
+
     t = time.perf_counter()
     file = str(ref.path)
+    bar = stderr_progress("check-reference: reading", len(ref))
+    ts = t
     for rec in ref:
         _nonfinite(rec.inputs, rec.outputs, file, rec.line, rec.chunk)
+        now = time.perf_counter()
+        bar(rec.chunk, (now - ts) * 1e3)  # read + decode + check of one chunk
+        ts = now
+    bar.done()
     if contract is not None:
         from streamparity.reference.checks import check_reference
 

@@ -41,14 +41,17 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from streamparity.drivers.progress import stderr_progress
     from streamparity.tools.generator import generate
 
     contract = load_contract(args.contract) if args.contract is not None else None
+    bar = stderr_progress("make-reference", args.num_chunks)
     res = generate(contract, name=args.name, cache_layout=args.cache_layout,
                    out_dir=args.out_dir, config_path=args.config, nemo_path=args.nemo,
                    num_chunks=args.num_chunks, functional_chunks=args.functional_chunks, seed=args.seed,
                    device=args.device, export=not args.no_export, offline=not args.no_offline,
-                   fault=args.inject_fault, reference_name=args.reference_name)
+                   fault=args.inject_fault, reference_name=args.reference_name, on_step=bar)
+    bar.done()
     print(f"wrote {res.reference} ({res.chunks} chunks, {res.reference.stat().st_size / 1e6:.1f} MB) "
           f"in {res.seconds:.1f} s")
     if res.onnx:

@@ -63,10 +63,12 @@ class OrtHandler(RuntimeHandler):
             raise KeyError(f"no open stream {sid}")
         return self.streams[sid]
 
-    def step(self, stream: int, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def step(self, stream: int, inputs: Mapping[str, np.ndarray], fetch_caches: bool | None = None
+             ) -> dict[str, np.ndarray]:
         s = self._stream(stream)
         c = self.contract
-        out = s.step(inputs[c.input_by_role(ROLE_AUDIO).name], inputs[c.input_by_role(ROLE_LENGTH).name])
+        out = s.step(inputs[c.input_by_role(ROLE_AUDIO).name], inputs[c.input_by_role(ROLE_LENGTH).name],
+                     fetch_caches=fetch_caches)
         out[self.len_name] = s.last_cache_len_in
         return out
 

@@ -39,8 +39,14 @@ def initial_state(contract: Contract, first: ChunkRecord) -> dict[str, np.ndarra
 
 
 def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *, upto: int | None = None,
-                    keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None) -> RunResult:
-    """The backend's own caches fed back from chunk 0 through `upto` (default: the whole reference)."""
+                    keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None,
+                    fetch_all_caches: bool = False) -> RunResult:
+    """The backend's own caches fed back from chunk 0 through `upto` (default: the whole reference).
+
+    Per chunk only audio + length go in; the big caches come back only on chunks where the reference stores
+    caches to compare with (`fetch_all_caches`: on every chunk), and the state a chunk ran on is copied back
+    only when the chunk fails (for its bundle), from streams that keep it (:attr:`Stream.keeps_previous_state`).
+    """
     t0 = time.perf_counter()
     ids = ref.chunk_ids
     if upto is not None:
@@ -48,7 +54,10 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     audio_name = contract.input_by_role(ROLE_AUDIO).name
     length_name = contract.input_by_role(ROLE_LENGTH).name
     first, last = ref.read(ids[0]), ids[-1]
-    stream = backend.open_stream(initial_state(contract, first), fetch_caches=True)
+    big = tuple(o.name for o in contract.outputs if o.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME))
+    stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
+    # bundles need the state a chunk ran on: streams that keep it copy it only when a chunk fails
+    snapshot_each = keep_bundles and not stream.keeps_previous_state
     results: list[ChunkResult] = []
     broken: str | None = None
     try:
@@ -60,10 +69,12 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                                            precision=backend.precision,
                             device=backend.device, error=broken))
                 continue
-            snapshot = stream.state_snapshot() if keep_bundles else {}
+            snapshot = stream.state_snapshot() if snapshot_each else {}
+            # the big caches come back only where the reference stores some to compare with
+            fetch = fetch_all_caches or any(n in rec.outputs for n in big)
             ts = time.perf_counter()
             try:
-                out = stream.step(rec.inputs[audio_name], rec.inputs[length_name])
+                out = stream.step(rec.inputs[audio_name], rec.inputs[length_name], fetch_caches=fetch)
             except Exception as e:
                 broken = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
@@ -75,13 +86,14 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 on_step(rec.chunk, ms)
             r = judge_chunk(contract, rec, out, mode=CLOSED_LOOP, backend=backend.id, precision=backend.precision,
                             device=backend.device,
-                            cache_len_in=stream.last_cache_len_in, stream_position=pos, inputs=None)
+                            cache_len_in=stream.last_cache_len_in, stream_position=pos, inputs=None,
+                            unfetched=() if fetch else big)
             r.step_ms = ms
             if keep_bundles and r.verdict == "fail":
-                feeds = dict(snapshot)
+                feeds = dict(snapshot if snapshot_each else stream.previous_state() or {})
                 feeds[audio_name] = rec.inputs[audio_name]
                 feeds[length_name] = rec.inputs[length_name]
-                r.bundle_inputs, r.bundle_outputs = feeds, dict(out)
+                r.bundle_inputs, r.bundle_outputs = feeds, stream.complete_outputs(out)
             results.append(r)
     finally:
         stream.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from streamparity.backends.base import Backend
 from streamparity.contract.model import ROLE_CACHE_LEN, Contract
@@ -13,8 +13,8 @@ from streamparity.results.records import FUNCTIONAL, ChunkResult, RunResult
 
 
 def run_functional(backend: Backend, contract: Contract, ref: ReferenceFile, chunks: Iterable[int], *,
-                   keep_bundles: bool = True) -> RunResult:
-    """Reference caches in, every chunk independently."""
+                   keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None) -> RunResult:
+    """Reference caches in, every chunk independently; `on_step(chunk, ms)` after each chunk run."""
     t0 = time.perf_counter()
     results: list[ChunkResult] = []
     len_in = contract.input_by_role(ROLE_CACHE_LEN).name
@@ -37,6 +37,8 @@ def run_functional(backend: Backend, contract: Contract, ref: ReferenceFile, chu
                                        error=f"{type(e).__name__}: {e}"))
             continue
         ms = (time.perf_counter() - ts) * 1e3
+        if on_step:
+            on_step(k, ms)
         r = judge_chunk(contract, rec, out, mode=FUNCTIONAL, backend=backend.id, precision=backend.precision,
                             device=backend.device,
                         cache_len_in=feeds[len_in], stream_position=None, inputs=feeds)

@@ -8,6 +8,7 @@ import pytest
 
 from streamparity import __version__
 from streamparity.backends.base import BackendSpec
+from streamparity.drivers.progress import attach_terminal_progress
 from streamparity.environment import environment
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.pytest_plugin import engine_options
@@ -66,6 +67,7 @@ class PluginSession:
         if self._parity is None:
             try:
                 self._parity = ParitySession(self.cfg)
+                attach_terminal_progress(self.config, self._parity)  # long runs show chunk k of N
             except StreamparityError as e:
                 self._parity = e
         if isinstance(self._parity, StreamparityError):

@@ -119,6 +119,17 @@ def _skeleton(line: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     return b"".join(pieces), spans
 
 
+def parse_skeleton(line: bytes) -> Any:
+    """``json.loads`` of the line with its ``data_b64`` payloads replaced by short placeholders: every key
+    but the tensor bytes, at memchr speed whatever the writer's key order or separators.  Raises ValueError
+    (json.JSONDecodeError, UnicodeDecodeError) where the line is not valid JSON."""
+    try:
+        skel, _ = _skeleton(line)
+    except _Fallback:
+        skel = line
+    return json.loads(skel)
+
+
 def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: set[int]) -> np.ndarray | None:
     """Decode a tensor whose payload was extracted; None when it holds no placeholder."""
     if not isinstance(t, Mapping):

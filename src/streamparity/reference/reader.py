@@ -118,9 +118,14 @@ def _meta_only(line: bytes, file: str, lineno: int) -> tuple[int | None, dict[st
     fast = _meta_from_prefix(line[:_PREFIX], file, lineno)
     if fast is not None:
         return fast[0], fast[1], False
-    # foreign writer (or a meta longer than the prefix): full parse
+    # foreign writer, other key order (or a meta longer than the prefix): every key but the payloads
+    from streamparity.reference.fastparse import parse_skeleton
+
     try:
-        obj = json.loads(line)
+        try:
+            obj = parse_skeleton(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            obj = json.loads(line)  # the plain parser's message names the column in the file itself
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
         raise ReferenceFormatError(f"line is not valid JSON ({msg}); the file may be truncated",

@@ -21,13 +21,14 @@ from streamparity.judging.stability import fit_trend
 COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(**kw: Any) -> Any:
+    """A bare Agg figure: no pyplot (its import, global figure list and backend switch cost without use)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def safe_name(text: str) -> str:
@@ -58,7 +59,8 @@ def run_outputs(run: Mapping[str, Any]) -> list[str]:
 
 def _save(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    # one draw only (no tight_layout pass: the margins are fixed by _fixed_layout); fast zlib level
+    fig.savefig(buf, format="png", dpi=100, pil_kwargs={"compress_level": 1})
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -86,6 +88,24 @@ def _trend(run: Mapping[str, Any], output: str, x: np.ndarray, y: np.ndarray) ->
     return s, i, e
 
 
+def _fixed_layout(fig: Any, rows: int) -> None:
+    """Margins in inches, set once: what tight_layout found for these figures, without its extra draw."""
+    w, h = fig.get_size_inches()
+    top, bottom, gap = 0.3, 0.45, 0.7
+    axes_h = max((h - top - bottom - gap * (rows - 1)) / rows, 0.1)
+    fig.subplots_adjust(left=0.75 / w, right=1 - 0.2 / w, bottom=bottom / h, top=1 - top / h,
+                        hspace=gap / axes_h)
+
+
+def _cheap_log_axis(ax: Any) -> None:
+    """Log y axis with decade ticks only: the minor ticks (unlabelled) cost most of a draw."""
+    from matplotlib.ticker import LogLocator, NullLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
 def _integer_chunks(ax: Any) -> None:
     """Chunk axis: integer ticks only, and a readable span around a single chunk."""
     from matplotlib.ticker import MaxNLocator
@@ -105,50 +125,47 @@ def plot_errors(run: Mapping[str, Any], out_dir: Path, *,
     outputs = [o for o in run_outputs(run) if run_series(run, o)[0]]
     if not outputs:
         return None
-    plt = _pyplot()
     tols = tolerances or {}
-    fig, axes = plt.subplots(len(outputs), 1, figsize=(9, 2.6 * len(outputs) + 0.6), squeeze=False)
-    try:
-        for ax, out in zip(axes[:, 0], outputs):
-            ks, vs = run_series(run, out)
-            x = np.asarray(ks, dtype=np.float64)
-            y = np.asarray(vs, dtype=np.float64)
-            finite = np.isfinite(y)
-            pos = finite & (y > 0)
-            ax.plot(x[pos], y[pos], ".", ms=3, color="tab:blue", label="max |error| per chunk")
-            bad = ~finite
-            if bad.any():
-                top = float(np.nanmax(y[finite])) * 10 if finite.any() else 1.0
-                ax.plot(x[bad], np.full(int(bad.sum()), top), "x", color="red", label="non-finite")
-            atol, warn = _tolerances(run, out, tols)
-            if atol is not None:
-                ax.axhline(atol, color="red", lw=1, ls="--", label=f"atol {atol:g} (fail)")
-            if warn is not None:
-                ax.axhline(warn, color="orange", lw=1, ls=":", label=f"warn {warn:g}")
-            tr = _trend(run, out, x, y)
-            if tr is not None and x.size:
-                slope, icpt, se = tr
-                xx = np.linspace(float(x.min()), float(x.max()), 100)
-                yy = icpt + slope * xx
-                keep = yy > 0
-                se_txt = f" ± {se:.2g}" if np.isfinite(se) else ""
-                ax.plot(xx[keep], yy[keep], "-", color="black", lw=1.2, label=f"trend {slope:.2g}{se_txt}/chunk")
-            st = run.get("stability", {}).get(out) or {}
-            verdict = st.get("verdict")
-            bounds_only = ", bounds only: too few chunks for a trend" if st and st.get("stderr") is None else ""
-            ax.set_title(f"{run.get('backend')} {run.get('mode')}: {out}"
-                         + (f"  [stability {str(verdict).upper()}{bounds_only}]" if verdict else ""), fontsize=9)
-            if pos.any():
-                ax.set_yscale("log")
-            _integer_chunks(ax)
-            ax.set_ylabel("max |error|", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, which="major", alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        return _save(fig, out_dir / error_plot_name(str(run.get("backend")), str(run.get("mode"))))
-    finally:
-        plt.close(fig)
+    fig = _figure(figsize=(9, 2.6 * len(outputs) + 0.6))
+    axes = fig.subplots(len(outputs), 1, squeeze=False)
+    for ax, out in zip(axes[:, 0], outputs):
+        ks, vs = run_series(run, out)
+        x = np.asarray(ks, dtype=np.float64)
+        y = np.asarray(vs, dtype=np.float64)
+        finite = np.isfinite(y)
+        pos = finite & (y > 0)
+        ax.plot(x[pos], y[pos], ".", ms=3, color="tab:blue", label="max |error| per chunk", rasterized=True)
+        bad = ~finite
+        if bad.any():
+            top = float(np.nanmax(y[finite])) * 10 if finite.any() else 1.0
+            ax.plot(x[bad], np.full(int(bad.sum()), top), "x", color="red", label="non-finite")
+        atol, warn = _tolerances(run, out, tols)
+        if atol is not None:
+            ax.axhline(atol, color="red", lw=1, ls="--", label=f"atol {atol:g} (fail)")
+        if warn is not None:
+            ax.axhline(warn, color="orange", lw=1, ls=":", label=f"warn {warn:g}")
+        tr = _trend(run, out, x, y)
+        if tr is not None and x.size:
+            slope, icpt, se = tr
+            xx = np.linspace(float(x.min()), float(x.max()), 100)
+            yy = icpt + slope * xx
+            keep = yy > 0
+            se_txt = f" ± {se:.2g}" if np.isfinite(se) else ""
+            ax.plot(xx[keep], yy[keep], "-", color="black", lw=1.2, label=f"trend {slope:.2g}{se_txt}/chunk")
+        st = run.get("stability", {}).get(out) or {}
+        verdict = st.get("verdict")
+        bounds_only = ", bounds only: too few chunks for a trend" if st and st.get("stderr") is None else ""
+        ax.set_title(f"{run.get('backend')} {run.get('mode')}: {out}"
+                     + (f"  [stability {str(verdict).upper()}{bounds_only}]" if verdict else ""), fontsize=9)
+        if pos.any():
+            _cheap_log_axis(ax)
+        _integer_chunks(ax)
+        ax.set_ylabel("max |error|", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    _fixed_layout(fig, len(outputs))
+    return _save(fig, out_dir / error_plot_name(str(run.get("backend")), str(run.get("mode"))))
 
 
 def plot_cache_len(runs: Sequence[Mapping[str, Any]], out_dir: Path, *,
@@ -158,27 +175,24 @@ def plot_cache_len(runs: Sequence[Mapping[str, Any]], out_dir: Path, *,
     have = [r for r in runs if r.get("cache_len")]
     if not have:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    try:
-        for i, r in enumerate(have):
-            pts = sorted((int(k), int(v)) for k, v in r["cache_len"].items())
-            ax.step([k for k, _ in pts], [v for _, v in pts], where="post", lw=1.2, color=COLORS[i % len(COLORS)],
-                    marker="." if len(pts) < 60 else None, ms=4, label=f"{r.get('backend')} {r.get('mode')}")
-        if expected:
-            ks = sorted(expected)
-            ax.step(ks, [expected[k] for k in ks], where="post", color="black", ls="--", lw=1,
-                    marker="x" if len(ks) < 60 else None, ms=4, label="contract rule")
-        _integer_chunks(ax)
-        ax.set_ylabel("cache length out (frames)", fontsize=8)
-        ax.set_title("cache length progression", fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        return _save(fig, out_dir / CACHE_LEN_PLOT)
-    finally:
-        plt.close(fig)
+    fig = _figure(figsize=(9, 3.2))
+    ax = fig.subplots()
+    for i, r in enumerate(have):
+        pts = sorted((int(k), int(v)) for k, v in r["cache_len"].items())
+        ax.step([k for k, _ in pts], [v for _, v in pts], where="post", lw=1.2, color=COLORS[i % len(COLORS)],
+                marker="." if len(pts) < 60 else None, ms=4, label=f"{r.get('backend')} {r.get('mode')}")
+    if expected:
+        ks = sorted(expected)
+        ax.step(ks, [expected[k] for k in ks], where="post", color="black", ls="--", lw=1,
+                marker="x" if len(ks) < 60 else None, ms=4, label="contract rule")
+    _integer_chunks(ax)
+    ax.set_ylabel("cache length out (frames)", fontsize=8)
+    ax.set_title("cache length progression", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    _fixed_layout(fig, 1)
+    return _save(fig, out_dir / CACHE_LEN_PLOT)
 
 
 def write_plots(doc: Mapping[str, Any], out_dir: Path, *,

@@ -218,6 +218,7 @@ def generate(
     name: str | None = None,
     cache_layout: str = "batch_first",
     log: Any = print,
+    on_step: Any = None,
 ) -> GenerateResult:
     torch = _torch()
     if fault not in FAULTS:
@@ -296,6 +297,7 @@ def generate(
     stream_out: list[np.ndarray] = []
     with torch.no_grad(), ReferenceWriter(ref_path, header, num_chunks) as w:
         for k in range(num_chunks):
+            t_step = time.perf_counter()
             hi = k * shift + pre
             lo = hi - shift - pre
             x = feats[:, :, max(lo, 0):hi]
@@ -330,7 +332,9 @@ def generate(
             meta = {"frames": [lo, hi], "seed": seed, "has_caches": k < n_func}
             w.write(k, meta, inputs, outputs)
             stream_out.append(outputs[onames[ROLE_ENCODED]])
-            if k % 50 == 0:
+            if on_step is not None:  # (chunk, ms): e.g. drivers.progress.Progress
+                on_step(k, (time.perf_counter() - t_step) * 1e3)
+            elif k % 50 == 0:
                 log(f"chunk {k}/{num_chunks}")
     offline_path = None
     if offline:

@@ -143,23 +143,30 @@ class ExternalStream(Stream):
         reply = self.proc.request("open", {"fetch_caches": bool(fetch_caches)}, tensors=state,
                                   what="(opening the closed-loop stream)")
         self.stream_id = reply.header.get("stream", 0)
-        self.outputs = list(c.outputs) if fetch_caches else \
-            [s for s in c.outputs if s.role not in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME)]
+        self.fetch_caches = fetch_caches
+        self.all_outputs = list(c.outputs)
+        self.small_outputs = [s for s in c.outputs if s.role not in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME)]
         self.audio_name = c.input_by_role(ROLE_AUDIO).name
         self.length_name = c.input_by_role(ROLE_LENGTH).name
 
-    def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+    def step(self, audio: np.ndarray, length: np.ndarray, *,
+             fetch_caches: bool | None = None) -> dict[str, np.ndarray]:
         what = f"(closed-loop step {self.steps} of the stream)"
         self.steps += 1
         if self._pending is not None:
             raise self._pending
-        reply = self.proc.request("step", {"stream": self.stream_id},
+        fetch = self.fetch_caches if fetch_caches is None else fetch_caches
+        header: dict[str, Any] = {"stream": self.stream_id}
+        if fetch_caches is not None:
+            header["fetch_caches"] = bool(fetch_caches)
+        reply = self.proc.request("step", header,
                                   tensors={self.audio_name: audio, self.length_name: length}, what=what)
         fed = reply.tensors.get(self.len_name)
         if fed is None:
             raise self.proc.fault("step", what, f"reply lacks {self.len_name!r}, the cache length the runtime fed "
                                                 f"to this step (required in step replies)")
-        out = self.backend._checked(self.proc, "step", what, reply.tensors, self.outputs, self.batch)
+        out = self.backend._checked(self.proc, "step", what, reply.tensors,
+                                    self.all_outputs if fetch else self.small_outputs, self.batch)
         self.last_cache_len_in = np.asarray(fed).copy()
         out.pop(self.len_name, None)
         return out

@@ -155,8 +155,9 @@ class RecordedStream(Stream):
             return {}
         return {n: self.next.inputs[n] for n in self.cache_names if n in self.next.inputs}
 
-    def step(self, audio: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
-        rec = self.next
+    def step(self, audio: np.ndarray, length: np.ndarray, *,
+             fetch_caches: bool | None = None) -> dict[str, np.ndarray]:
+        rec = self.next  # a recording returns what it recorded, whatever was asked
         if rec is None:
             raise RuntimeError("the recording's closed loop ends before this chunk")
         self.next = next(self.records, None)

@@ -31,8 +31,10 @@ class RuntimeHandler(abc.ABC):
         """Open a stream from the initial caches; return its id."""
 
     @abc.abstractmethod
-    def step(self, stream: int, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Closed loop: audio and length in; outputs plus the cache length that was fed to this step."""
+    def step(self, stream: int, inputs: Mapping[str, np.ndarray], fetch_caches: bool | None = None
+             ) -> dict[str, np.ndarray]:
+        """Closed loop: audio and length in; outputs plus the cache length that was fed to this step.
+        `fetch_caches` overrides the stream's setting for this step (None: as opened)."""
 
     @abc.abstractmethod
     def state(self, stream: int) -> dict[str, np.ndarray]:
@@ -65,7 +67,9 @@ def handle(handler: RuntimeHandler, req: Frame) -> tuple[dict[str, Any], dict[st
     if op == "open":
         return {"ok": True, "stream": handler.open(req.tensors, bool(req.header.get("fetch_caches", True)))}, {}
     if op == "step":
-        return {"ok": True}, handler.step(int(req.header.get("stream", 0)), req.tensors)
+        fetch = req.header.get("fetch_caches")
+        return {"ok": True}, handler.step(int(req.header.get("stream", 0)), req.tensors,
+                                          None if fetch is None else bool(fetch))
     if op == "state":
         return {"ok": True}, handler.state(int(req.header.get("stream", 0)))
     if op == "close":

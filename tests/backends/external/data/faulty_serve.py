@@ -21,12 +21,12 @@ class Faulty(OrtHandler):
     crash_at = -1
     steps = 0
 
-    def step(self, stream, inputs):  # type: ignore[no-untyped-def]
+    def step(self, stream, inputs, fetch_caches=None):  # type: ignore[no-untyped-def]
         if self.steps == self.crash_at:
             print(f"faulty_serve: segfault on step {self.steps}", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGSEGV)
         self.steps += 1
-        return super().step(stream, inputs)
+        return super().step(stream, inputs, fetch_caches)
 
 
 def main() -> int:
