@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,11 @@ def join_path_options(args: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def run_pytest(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """Run the suite in a subprocess, as a user would."""
+    """Run the suite in a subprocess, as a user would.  Without --report-dir the run gets a fresh one of its own:
+    a report directory belongs to one run at a time (concurrent runs on one directory are refused)."""
     args = tuple(join_path_options(args))
+    if not any(a.startswith("--report-dir") for a in args):
+        args = (*args, f"--report-dir={tempfile.mkdtemp(prefix='streamparity-reports-')}")
     env = dict(os.environ)
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_ADDOPTS", None)

@@ -14,6 +14,7 @@ from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.pytest_plugin import engine_options
 from streamparity.pytest_plugin.options import REBUILD_SINCE_KEY, check_rootdir, register_markers, session_config
 from streamparity.reports.collector import SummaryCollector
+from streamparity.reports.run_dir import ReportDirError, RunDir
 from streamparity.results.records import FUNCTIONAL, MODES, record_from_dict
 from streamparity.session import ParitySession
 
@@ -51,6 +52,7 @@ class PluginSession:
         self.fail_on_warn = bool(config.option.fail_on_warn)
         self.collector = SummaryCollector()
         self._parity: ParitySession | StreamparityError | None = None
+        self.run_dir: RunDir | None = None
 
     @classmethod
     def configure(cls, config: pytest.Config) -> None:
@@ -59,6 +61,7 @@ class PluginSession:
         config.stash[_KEY] = session
         config.pluginmanager.register(session, "streamparity-session")  # for pytest_runtest_logreport
         check_rootdir(config)
+        session.open_report_dir()
         if not (getattr(config.option, "help", False) or getattr(config.option, "version", False)):
             # bad inputs now, as one usage error, not as collection tracebacks
             engine_options.check_supplied_engines(config, session.parity().contract)
@@ -73,6 +76,20 @@ class PluginSession:
         if isinstance(self._parity, StreamparityError):
             raise pytest.UsageError(f"streamparity: {self._parity}")
         return self._parity
+
+    def open_report_dir(self) -> None:
+        """The controller owns the report directory for the run: checked, locked and cleared now, before any test
+        runs (a collect-only or help run writes no report and leaves it alone)."""
+        opt = self.config.option
+        if hasattr(self.config, "workerinput") or opt.collectonly or getattr(opt, "help", False) \
+                or getattr(opt, "version", False):
+            return
+        self.run_dir = RunDir(self.cfg.report_dir)
+        try:
+            self.run_dir.open()
+        except ReportDirError as e:
+            self.run_dir = None
+            raise pytest.UsageError(f"streamparity: {e}") from None
 
     def configure_node(self, node: Any) -> None:
         """xdist controller: hand the run's settings to each worker."""
@@ -146,6 +163,8 @@ class PluginSession:
         for line in extra:
             terminalreporter.write_line(line)
         if not self.collector.records:
+            if self.run_dir is not None:
+                self.run_dir.close(complete=True)  # nothing to report: the run still completed
             return
         if self.collector.rows():  # a benchmark-only run has no parity rows: no empty table
             terminalreporter.section("streamparity summary")
@@ -156,10 +175,14 @@ class PluginSession:
                 terminalreporter.write_line(f"streamparity: wrote {p}")
         except OSError as e:
             terminalreporter.write_line(f"streamparity: could not write the report: {e}")
+            return
+        if self.run_dir is not None:
+            self.run_dir.close(complete=True)
 
     def summary_meta(self) -> dict[str, Any]:
         cfg = self.cfg
-        meta: dict[str, Any] = {"environment": environment(), "contract": str(cfg.contract),
+        meta: dict[str, Any] = {"run": self.run_dir.meta() if self.run_dir is not None else None,
+                                "environment": environment(), "contract": str(cfg.contract),
                                 "backends": [b.id for b in cfg.backends],
                                 "chunks": cfg.chunks.text if cfg.chunks else "all"}
         if isinstance(self._parity, ParitySession):
@@ -175,6 +198,10 @@ class PluginSession:
     def close(self) -> None:
         if isinstance(self._parity, ParitySession):
             self._parity.close()
+
+    def pytest_unconfigure(self) -> None:
+        if self.run_dir is not None:  # no report was written (or it failed): the marker stays incomplete
+            self.run_dir.close(complete=False)
 
 
 def _tensorrt_status() -> str:

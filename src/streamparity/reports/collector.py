@@ -12,7 +12,7 @@ import numpy as np
 
 from streamparity.atomic import atomic_write_text
 from streamparity.judging.verdict import Outcome, Verdict, label, worst
-from streamparity.results.records import SUMMARY_VERSION, ChunkSummary, GateSummary, Record, StabilitySummary
+from streamparity.results.records import SUMMARY_VERSION, overall, ChunkSummary, GateSummary, Record, StabilitySummary
 
 
 @dataclass
@@ -177,7 +177,8 @@ class SummaryCollector:
             })
         latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
                    if isinstance(p, dict) and p.get("kind") == "latency"]
-        return {"streamparity_summary": SUMMARY_VERSION, **meta, "runs": runs, "latency": latency}
+        return {"streamparity_summary": SUMMARY_VERSION, **meta, "verdict": overall(runs, latency), "runs": runs,
+                "latency": latency}
 
     def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:
         doc = self.to_json(meta)

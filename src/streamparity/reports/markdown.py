@@ -13,7 +13,8 @@ from typing import Any
 
 from streamparity.reports import plots
 from streamparity.atomic import atomic_write_text
-from streamparity.judging.verdict import Outcome, Verdict, label, worst
+from streamparity.judging.verdict import Verdict, worst
+from streamparity.results.records import overall
 
 REPORT_NAME = "report.md"
 _MARK = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip"}
@@ -76,10 +77,7 @@ def output_verdict(run: Mapping[str, Any], output: str) -> Verdict:
 
 
 def _overall(doc: Mapping[str, Any]) -> str:
-    outcomes: list[Outcome] = [str(r.get("verdict", "")).lower() for r in doc.get("runs", [])]  # type: ignore[misc]
-    outcomes += ["fail" for lat in doc.get("latency", []) if lat.get("outcome") == "failed"]
-    judged = [o for o in outcomes if o in ("pass", "warn", "fail")]
-    return label(worst(*judged)) if outcomes else "NO RUNS"  # type: ignore[arg-type]
+    return str(doc.get("verdict") or overall(list(doc.get("runs", [])), list(doc.get("latency", []))))
 
 
 def _verdict_section(doc: Mapping[str, Any]) -> list[str]:
@@ -237,7 +235,9 @@ def _environment_section(doc: Mapping[str, Any]) -> list[str]:
 
 def render(doc: Mapping[str, Any], pngs: Mapping[str, Path], report_dir: Path) -> str:
     name = doc.get("contract_name") or Path(str(doc.get("contract", "streamparity"))).stem
+    run = doc.get("run") or {}
     lines = [f"# streamparity report: {name}", "", f"**Overall: {_overall(doc)}**", "",
+             *([f"Run `{run.get('id')}`, started {run.get('started')}.", ""] if run else []),
              "Machine-readable: [`summary.json`](summary.json); per-test JUnit XML properties with "
              "`--junitxml` (property `streamparity` holds each test's payload).", ""]
     lines += _verdict_section(doc)

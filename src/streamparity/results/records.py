@@ -12,7 +12,7 @@ import numpy as np
 
 from streamparity.judging.invariants import Violation
 from streamparity.judging.metrics import Metrics
-from streamparity.judging.verdict import Outcome, Verdict, worst
+from streamparity.judging.verdict import Outcome, Verdict, label, worst
 
 FUNCTIONAL = "functional"
 CLOSED_LOOP = "closed_loop"
@@ -164,3 +164,12 @@ def record_from_dict(d: dict[str, Any]) -> Record | None:
     """The typed record of a test's payload; None for a payload of another kind (benchmarks)."""
     cls = _KINDS.get(str(d.get("kind")))
     return cls.from_dict(d) if cls is not None else None
+
+
+def overall(runs: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
+    """The run's verdict: the worst of every backend x mode run and every benchmark; NO RUNS when nothing ran."""
+    outcomes = [str(r.get("verdict", "")).lower() for r in runs]
+    outcomes += ["fail" if lat.get("outcome") == "failed" else "pass" for lat in latency
+                 if lat.get("outcome") in ("passed", "failed")]
+    judged: list[Verdict] = [o for o in outcomes if o in ("pass", "warn", "fail")]  # type: ignore[misc]
+    return label(worst(*judged)) if outcomes else "NO RUNS"
