@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from streamparity.backends.base import Backend, BackendSpec
+from streamparity.backends.onnx_models import external_data_files
 from streamparity.backends.registry import create_backend, parse_backend_spec
 from streamparity.contract.loading import load_contract
 from streamparity.contract.model import ROLE_ENCODED, Contract
@@ -24,6 +25,7 @@ from streamparity.drivers.selection import ChunkSelection
 from streamparity.errors import BackendUnavailable, ReferenceInvalid, StreamparityError
 from streamparity.judging.gates import RunGates, direct_difference, judge_gates
 from streamparity.judging.stability import RunStability, judge_run_stability
+from streamparity.pinned_inputs import PinnedInputs
 from streamparity.reference.checks import ReferenceReport, check_reference
 from streamparity.reference.reader import ReferenceFile
 from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, ChunkResult, RunResult
@@ -101,6 +103,9 @@ class ParitySession:
         self._backends: dict[str, Backend | BackendUnavailable | StreamparityError] = {}
         self._runs: dict[tuple[str, str], RunResult] = {}
         self._ref_report: ReferenceReport | None = None
+        weights = [(f"ONNX external data {w.name}", w) for w in external_data_files(self.onnx)]
+        self.inputs = PinnedInputs({"contract": Path(cfg.contract), "ONNX model": self.onnx,
+                                    "reference": self.reference.path, "offline reference": self.offline}, weights)
 
     # -- selection --------------------------------------------------------------------
     def functional_chunks(self) -> list[int]:

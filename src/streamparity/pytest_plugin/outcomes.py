@@ -99,6 +99,9 @@ def _run_or_verdict(request: pytest.FixtureRequest, session: ParitySession, spec
     that cannot run, skip (or fail, with --require-backends) where the backend is unavailable here.
     Errors become verdicts outside except blocks: no chained "During handling ..." tracebacks."""
     __tracebackhide__ = True
+    changed = session.inputs.changed()
+    if changed:
+        pytest.fail("; ".join(changed), pytrace=False)
     problem = _reference_problem(session)
     if problem:
         pytest.fail(problem, pytrace=False)

@@ -193,6 +193,7 @@ class PluginSession:
             meta["known_issues"] = [{"id": k.id, "outputs": list(k.outputs), "reason": k.reason, "status": k.status}
                                     for k in s.contract.known_issues]
             meta["reference_check"] = s.reference_report().to_dict()
+            meta["inputs"] = {**s.inputs.to_dict(), "changed_during_run": s.inputs.changed()}
         return meta
 
     def close(self) -> None:
