@@ -144,7 +144,7 @@ def test_two_worker_processes_build_once(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_interrupted_build_leaves_no_partial_file(tmp_path: Path, tiny_contract: Contract) -> None:
     code = ("import sys; sys.path[:0] = [sys.argv[2], sys.argv[3]]\n"
-            "from tests.test_trtrtx_engines import _entry, load_contract, TINY_CONTRACT, TINY_ONNX\n"
+            "from tests.backends.test_trtrtx_engines import _entry, load_contract, TINY_CONTRACT, TINY_ONNX\n"
             "from pathlib import Path\n"
             "_entry(load_contract(TINY_CONTRACT), TINY_ONNX, 'fp32', Path(sys.argv[1]))\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(ROOT / "src"), str(ROOT)],

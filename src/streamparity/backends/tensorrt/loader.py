@@ -178,10 +178,11 @@ def numpy_name(t: Any) -> str:
 
 def _set_targets(config: Any, targets: Sequence[str], logger: Any) -> None:
     """TensorRT-RTX ahead-of-time targets (``SM86``...); none: the library's portable default."""
-    known = sorted(n for n in dir(trt.ComputeCapability) if n.startswith("SM") or n == "CURRENT")
+    caps: Any = trt.ComputeCapability  # type: ignore[attr-defined]  # TensorRT-RTX only (TensorRT 10 has none)
+    known = sorted(n for n in dir(caps) if n.startswith("SM") or n == "CURRENT")
     config.num_compute_capabilities = len(targets)
     for i, name in enumerate(targets):
-        cc = getattr(trt.ComputeCapability, name.upper(), None)
+        cc = getattr(caps, name.upper(), None)
         if cc is None:
             raise ContractError(f"unknown compute capability target {name!r} (TensorRT-RTX "
                                 f"{trt.__version__} knows {', '.join(known)})", field="compute_capabilities")
