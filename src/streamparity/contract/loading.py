@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 
+from streamparity import strictjson
 from streamparity.contract.markers import json_path, undecided_fields
 from streamparity.contract.model import (
     CACHE_ROLES,
@@ -35,7 +36,6 @@ from streamparity.contract.model import (
     TensorSpec,
     Tolerance,
 )
-from streamparity import strictjson
 from streamparity.errors import ContractError
 
 
