@@ -52,10 +52,14 @@ def replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 
 @st.composite
-def retyped(draw: st.DrawFn, doc: Any, *, skip: tuple[str, ...] = ()) -> tuple[tuple[Any, ...], Any]:
+def retyped(draw: st.DrawFn, doc: Any, *, unions: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+            ) -> tuple[tuple[Any, ...], Any]:
     """(path, document) with the value at a random path replaced by one of another JSON type
-    (a float by no integer: 2 for 2.5 is a value, not a type)."""
-    candidates = [p for p in paths(doc) if p and not any(str(x) in skip for x in p)]
+    (a float by no integer: 2 for 2.5 is a value, not a type).  The elements of lists under a key in `unions`
+    may legitimately take several types (a contract shape holds integers and names) and are left alone, and so
+    are the top-level fields in `optional` (a string or null: either is a value)."""
+    candidates = [p for p in paths(doc) if p and not (len(p) >= 2 and p[-2] in unions) and
+                  not (len(p) == 1 and p[0] in optional)]
     path = draw(st.sampled_from(candidates))
     old = doc
     for k in path:

@@ -50,7 +50,7 @@ def _one_error_line(r: object, *needles: str) -> str:
     assert len(lines) == 1 and len(lines[0]) <= 300, r.stderr  # type: ignore[attr-defined]
     for n in needles:
         assert n in lines[0], lines[0]
-    return lines[0]
+    return str(lines[0])
 
 
 def test_stuck_cache_bundle_reproduces_both_violations(stuck_bundles: Path) -> None:

@@ -84,7 +84,12 @@ def schema_violations(doc: Any) -> list[tuple[str, str]]:
     validator = _Validator(schema())
     errors = sorted((leaf for e in validator.iter_errors(doc) for leaf in _leaves(e)),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    return found + [(json_path(e.absolute_path), e.message) for e in errors]
+    return found + [(json_path(e.absolute_path), _short(e.message)) for e in errors]
+
+
+def _short(message: str, limit: int = 80) -> str:
+    """jsonschema quotes the whole offending value; an error line stays readable."""
+    return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
 def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
@@ -101,7 +106,7 @@ def validate_document(doc: Any, file: str) -> None:
     if errors:
         where, message = errors[0]
         shown = "; ".join(f"{p}: {m}" for p, m in errors[1:4])
-        more = f" (also {shown})" if shown else ""
+        more = f" (also {_short(shown, 120)})" if shown else ""
         more += f" (+{len(errors) - 4} more)" if len(errors) > 4 else ""
         raise ContractError(f"schema violation at {where}: {message}{more}", file=file, field=where)
 

@@ -119,6 +119,10 @@ def check_meta(meta: Any, file: str) -> dict[str, Any]:
             shown = json.dumps(meta[key])[:40]
             raise StreamparityError(f"bundle metadata {key} must be {want}, got {shown}", file=file,
                                     field=f"meta.{key}")
+    # a closed loop is judged at its stream position; a functional chunk is not
+    if "stream_position" in meta and (meta["stream_position"] is None) == (meta["mode"] == "closed_loop"):
+        raise StreamparityError(f"bundle metadata stream_position {json.dumps(meta['stream_position'])} does not "
+                                f"fit mode {meta['mode']}", file=file, field="meta.stream_position")
     return meta
 
 
