@@ -160,7 +160,8 @@ def test_plain_float_lists_read_as_float32(tmp_path):
 
 @pytest.mark.parametrize(("old", "new", "needle"), [
     (b'"streamparity_reference": 1', b'"streamparity_reference": 99', "format version 99 is not one"),
-    (b'"num_chunks": 5', b'"num_chunks": "five"', "num_chunks must be a non-negative integer, got 'five'"),
+    (b'"num_chunks": 5', b'"num_chunks": "five"',
+     "num_chunks must be a non-negative integer (at most 2147483647), got \"five\""),
     (b'{"chunk": 2,', b'{"chunk": "2",', "field 'chunk': chunk id must be an integer, got \"2\""),
 ], ids=["header-version", "header-num-chunks", "chunk-id-string"])
 def test_header_and_chunk_id_are_validated(tmp_path, old, new, needle):

@@ -48,7 +48,8 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chunks=st.lists(st.tuples(tensor_dicts, tensor_dicts), min_size=1, max_size=4),
-       meta=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=8), max_size=3))
+       meta=st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+                            max_size=3))  # meta integers are int64, as the reader requires
 def test_writer_reader_round_trip(chunks: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
                                   meta: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as d:

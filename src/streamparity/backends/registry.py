@@ -77,18 +77,19 @@ def parse_backend_spec(text: str, *, check_kind: bool = True) -> BackendSpec:
     """argparse-style validator: raises ArgumentTypeError with the accepted forms.  ``check_kind=False`` checks
     the form only (command-line parsing, before plugins have registered their kinds)."""
     t = _SHORT.get(text.strip().lower(), text.strip().lower())
-    m = _SPEC.match(t)
+    m = _SPEC.match(t) if t.isascii() else None  # "İ".lower() and other non-ASCII letters are no kind names
+    shown = repr(text[:40] + ("..." if len(text) > 40 else ""))
     if m and m.group("device") not in ("cpu", "cuda") and check_kind and m.group("kind") not in _NAMED:
         m = None
     if not m or (check_kind and m.group("kind") not in _FACTORIES):
         raise argparse.ArgumentTypeError(
-            f"invalid backend {text!r}: expected KIND-DEVICE-PRECISION with KIND in {available_kinds()}, "
+            f"invalid backend {shown}: expected KIND-DEVICE-PRECISION with KIND in {available_kinds()}, "
             "DEVICE cpu|cuda (a runtime's NAME for ext and rec), PRECISION fp32|fp16 (e.g. ort-cpu-fp32, "
             "trt-cuda-fp16, ext-cpp-fp16)")
     if m.group("kind") in _CUDA_ONLY and m.group("device") != "cuda":
         k = m.group("kind")
         label = {"trt": "TensorRT", "trtrtx": "TensorRT-RTX"}.get(k, k)
-        raise argparse.ArgumentTypeError(f"invalid backend {text!r}: {label} runs on cuda "
+        raise argparse.ArgumentTypeError(f"invalid backend {shown}: {label} runs on cuda "
                                          f"only ({k}-cuda-fp32, {k}-cuda-fp16)")
     return BackendSpec(m.group("kind"), m.group("device"), m.group("precision"))
 

@@ -24,7 +24,7 @@ from streamparity.errors import BackendUnavailable, ModelMismatch, StreamparityE
 from streamparity.judging.chunks import judge_chunk
 from streamparity.judging.wording import describe_chunk
 from streamparity.reference.reader import ChunkRecord
-from streamparity.results.records import ChunkResult
+from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, ChunkResult
 from streamparity.tools.bundles import read_bundle
 
 
@@ -49,11 +49,12 @@ def register(sub: Any) -> None:
 def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
                    ) -> tuple[dict[str, Any], Contract, Path, dict[str, np.ndarray], dict[str, np.ndarray],
                               dict[str, np.ndarray]]:
-    meta, inputs, expected, actual = read_bundle(path)
+    meta, inputs, expected, actual = read_bundle(path)  # every metadata field present and of its type
     file = str(path)
-    for key in ("contract", "onnx", "backend", "chunk", "mode"):
-        if key not in meta:
-            raise StreamparityError(f"bundle metadata lacks {key!r}", file=file, field=f"meta.{key}")
+    if meta["mode"] == CLOSED_LOOP and "stream_position" not in meta:
+        raise StreamparityError("closed-loop bundle lacks stream_position (written by an older streamparity): the "
+                                "input cache-length check it was judged with cannot be repeated", file=file,
+                                field="meta.stream_position")
     contract_path = contract_arg or Path(meta["contract"])
     if not contract_path.is_file():
         raise StreamparityError(f"the bundle's contract {contract_path} is gone: pass --contract", file=file,
@@ -66,6 +67,12 @@ def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
     if missing:
         raise StreamparityError(f"bundle lacks inputs {', '.join(missing)}", file=file, chunk=int(meta["chunk"]),
                                 field="input")
+    # the reference outputs the verdict was judged against: without them every comparison would be skipped
+    needed = [*contract.compared_outputs(), contract.output_by_role(ROLE_CACHE_LEN).name]
+    missing = [n for n in dict.fromkeys(needed) if n not in expected]
+    if missing:
+        raise StreamparityError(f"bundle lacks the expected outputs {', '.join(missing)}: its verdict cannot be "
+                                "repeated", file=file, chunk=int(meta["chunk"]), field="expected")
     return meta, contract, onnx, inputs, expected, actual
 
 
@@ -89,8 +96,12 @@ def rerun(contract: Contract, onnx: Path, spec: BackendSpec, meta: dict[str, Any
         backend.close()
     rec = ChunkRecord(chunk=chunk, line=0, meta={}, inputs=dict(inputs), outputs=dict(expected))
     len_in = contract.input_by_role(ROLE_CACHE_LEN).name
+    # the checks the original judged: the input cache length at its stream position (closed loop), and the
+    # outputs against the inputs fed (functional); older functional bundles lack both fields and had exactly these
+    checked_inputs = meta.get("checked_inputs", meta["mode"] == FUNCTIONAL)
     res = judge_chunk(contract, rec, out, mode=str(meta["mode"]), backend=spec.id, precision=spec.precision,
-                      cache_len_in=feeds[len_in], stream_position=None, inputs=feeds)
+                      cache_len_in=feeds[len_in], stream_position=meta.get("stream_position"),
+                      inputs=feeds if checked_inputs else None)
     res.bundle_inputs, res.bundle_outputs = feeds, dict(out)
     return res
 
@@ -117,20 +128,20 @@ def run(args: argparse.Namespace) -> int:
         res = rerun(contract, onnx, spec, meta, inputs, expected, args.engine_dir or Path(tmp))
     for line in describe_chunk(res, contract):  # the same lines as the pytest failure message
         print(line)
-    recorded = dict(meta.get("verdicts", {}))
-    recorded_violations = [str(v) for v in meta.get("violations", [])]
-    if recorded or recorded_violations or meta.get("error"):
-        # the chunk verdict, the per-output verdicts and the contract violations must all match to say so
-        recorded["chunk"] = str(meta.get("verdict") or _overall(recorded, recorded_violations, meta.get("error")))
-        now = {k: res.verdicts.get(k, "-") for k in recorded if k != "chunk"}
-        now["chunk"] = res.verdict
-        now_violations = [str(v) for v in res.violations]
-        same = all(now[k] == v for k, v in recorded.items()) and \
-            _violation_keys(now_violations) == _violation_keys(recorded_violations)
-        print(f"recorded verdicts {recorded}; now {now}")
-        print(f"recorded contract violations: {len(recorded_violations)}; now: {len(now_violations)}"
-              + (f" (first: {now_violations[0]})" if now_violations else ""))
-        print("reproduced" if same else "DIFFERENT from the recorded failure")
+    # read_bundle required the recorded verdicts and violations; the chunk verdict, the per-output verdicts and
+    # the contract violations must all match to say "reproduced"
+    recorded = dict(meta["verdicts"])
+    recorded_violations = list(meta["violations"])
+    recorded["chunk"] = str(meta.get("verdict") or _overall(recorded, recorded_violations, meta.get("error")))
+    now = {k: res.verdicts.get(k, "-") for k in recorded if k != "chunk"}
+    now["chunk"] = res.verdict
+    now_violations = [str(v) for v in res.violations]
+    same = all(now[k] == v for k, v in recorded.items()) and \
+        _violation_keys(now_violations) == _violation_keys(recorded_violations)
+    print(f"recorded verdicts {recorded}; now {now}")
+    print(f"recorded contract violations: {len(recorded_violations)}; now: {len(now_violations)}"
+          + (f" (first: {now_violations[0]})" if now_violations else ""))
+    print("reproduced" if same else "DIFFERENT from the recorded failure")
     if spec.id == meta["backend"] and actual:
         diffs = []
         got = res.bundle_outputs or {}

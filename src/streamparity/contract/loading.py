@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 
+from streamparity import strictjson
 from streamparity.contract.markers import json_path, undecided_fields
 from streamparity.contract.model import (
     CACHE_ROLES,
@@ -54,14 +55,41 @@ def _nonfinite(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return [p for k, v in items for p in _nonfinite(v, (*path, k))]
 
 
+INT_BOUND = 2**31 - 1
+"""Largest integer a contract may hold (sizes, shapes, counts): a shape product cannot overflow int64."""
+
+
+def _big_ints(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if type(doc) is int and abs(doc) > INT_BOUND:
+        return [path]
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    return [p for k, v in items for p in _big_ints(v, (*path, k))]
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema calls 1.0 an integer; a contract's counts and sizes are written as integers."""
+    return type(instance) is int
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+
+
 def schema_violations(doc: Any) -> list[tuple[str, str]]:
     """Every schema violation as (JSON path, message), outermost first."""
     # JSON Schema's "number" lets NaN through, and a NaN tolerance passes every comparison
     found = [(json_path(p), "NaN and Infinity are not valid numbers in a contract") for p in _nonfinite(doc)]
-    validator = jsonschema.Draft202012Validator(schema())
+    found += [(json_path(p), f"integer out of range (at most {INT_BOUND} in magnitude)") for p in _big_ints(doc)]
+    validator = _Validator(schema())
     errors = sorted((leaf for e in validator.iter_errors(doc) for leaf in _leaves(e)),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    return found + [(json_path(e.absolute_path), e.message) for e in errors]
+    return found + [(json_path(e.absolute_path), _short(e.message)) for e in errors]
+
+
+def _short(message: str, limit: int = 80) -> str:
+    """jsonschema quotes the whole offending value; an error line stays readable."""
+    return message if len(message) <= limit else message[:limit - 3] + "..."
 
 
 def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
@@ -78,7 +106,7 @@ def validate_document(doc: Any, file: str) -> None:
     if errors:
         where, message = errors[0]
         shown = "; ".join(f"{p}: {m}" for p, m in errors[1:4])
-        more = f" (also {shown})" if shown else ""
+        more = f" (also {_short(shown, 120)})" if shown else ""
         more += f" (+{len(errors) - 4} more)" if len(errors) > 4 else ""
         raise ContractError(f"schema violation at {where}: {message}{more}", file=file, field=where)
 
@@ -104,8 +132,42 @@ def _tensor(d: Mapping[str, Any]) -> TensorSpec:
 
 
 
+def _duplicates(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return [v for v in values if v in seen or seen.add(v)]  # type: ignore[func-returns-value]
+
+
+def _unique_and_declared(c: Contract) -> None:
+    """Names are unique (a second tensor of a name would shadow the first), roles are taken once per side,
+    ranges are ordered and known issues name real outputs."""
+    f = str(c.path)
+    for section, specs in (("inputs", c.inputs), ("outputs", c.outputs)):
+        for kind, values in (("name", [t.name for t in specs]), ("role", [t.role for t in specs])):
+            dup = _duplicates(values)
+            if dup:
+                raise ContractError(f"two {section} have the {kind} {dup[0]!r}", file=f, field=f"{section}.{kind}")
+    for kind, field, values in (("profile", "profiles", [p.name for p in c.profiles]),
+                                ("known issue", "known_issues", [k.id for k in c.known_issues])):
+        dup = _duplicates(values)
+        if dup:
+            raise ContractError(f"two {kind}s are named {dup[0]!r}", file=f, field=field)
+    for name, (lo, hi) in c.dims.items():
+        if lo > hi:
+            raise ContractError(f"dim {name!r}: min {lo} is above max {hi}", file=f, field=f"dims.{name}")
+    rule = c.streaming.cache_len
+    if rule.initial > rule.max:
+        raise ContractError(f"cache_len.initial {rule.initial} is above cache_len.max {rule.max}", file=f,
+                            field="streaming.cache_len.initial")
+    for k in c.known_issues:
+        for out in k.outputs:
+            if out not in c.output_names:
+                raise ContractError(f"known issue {k.id!r} names unknown output {out!r}", file=f,
+                                    field=f"known_issues.{k.id}.outputs")
+
+
 def _semantic_checks(c: Contract) -> None:
     f = str(c.path)
+    _unique_and_declared(c)
     for role in (ROLE_AUDIO, ROLE_LENGTH, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN):
         c.input_by_role(role)
     for role in (ROLE_ENCODED, ROLE_ENCODED_LEN, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN):
@@ -264,13 +326,11 @@ def parse_contract(doc: Any, path: Path) -> Contract:
 def load_contract(path: str | Path) -> Contract:
     p = Path(path)
     try:
-        text = p.read_text("utf-8")
+        data = p.read_bytes()
     except FileNotFoundError:
         raise ContractError("contract file not found", file=str(p)) from None
     except OSError as e:
         raise ContractError(f"cannot read contract: {e.strerror}", file=str(p)) from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ContractError(f"invalid JSON: {e.msg}", file=str(p), line=e.lineno) from None
+    # NaN/Infinity parse here so that schema_violations names their JSON path
+    doc = strictjson.loads(data, file=str(p), what="contract", error=ContractError, allow_nonfinite=True)
     return parse_contract(doc, p.resolve())

@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import re
+
+MAX_CHUNK = 2**31 - 1
+_NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits only: int() would also take "1_0", "+1" and "١"
+
+
+def _shown(text: str) -> str:
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
+
+
+def _number(s: str) -> int | None:
+    s = s.strip()
+    return int(s) if _NUMBER.fullmatch(s) and int(s) <= MAX_CHUNK else None
 
 
 class ChunkSelection:
@@ -14,14 +27,15 @@ class ChunkSelection:
             if not part:
                 continue
             lo_s, sep, hi_s = part.partition("-")
-            try:
-                lo = int(lo_s)
-                hi = int(hi_s) if sep else lo
-            except ValueError:
+            lo = _number(lo_s)
+            hi = _number(hi_s) if sep else lo
+            if lo is None or hi is None:
                 raise argparse.ArgumentTypeError(
-                    f"invalid chunk selection {text!r}: use N, A-B or a comma list such as 0-9,17") from None
-            if lo < 0 or hi < lo:
-                raise argparse.ArgumentTypeError(f"invalid chunk range {part!r} in {text!r}: need 0 <= A <= B")
+                    f"invalid chunk selection {_shown(text)}: use N, A-B or a comma list such as 0-9,17 "
+                    f"(chunk ids 0..{MAX_CHUNK})")
+            if hi < lo:
+                raise argparse.ArgumentTypeError(f"invalid chunk range {_shown(part)} in {_shown(text)}: "
+                                                 "need 0 <= A <= B")
             self.ranges.append((lo, hi))
         if not self.ranges:
             raise argparse.ArgumentTypeError("empty chunk selection")

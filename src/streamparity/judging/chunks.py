@@ -18,14 +18,14 @@ def _ints(a: Any) -> list[int]:
     return [int(x) for x in np.asarray(a).reshape(-1)]
 
 
-
 def judge_chunk(contract: Contract, rec: ChunkRecord, outputs: Mapping[str, np.ndarray], *, mode: str,
                 backend: str, precision: str, cache_len_in: np.ndarray, stream_position: int | None,
                 inputs: Mapping[str, np.ndarray] | None, device: str = "cpu",
                 unfetched: tuple[str, ...] = ()) -> ChunkResult:
     """Compare one chunk's outputs with the reference and check the contract invariants.  `unfetched`:
     outputs deliberately left on the device this chunk (caches where the reference stores none)."""
-    res = ChunkResult(chunk=rec.chunk, mode=mode, backend=backend, precision=precision, device=device)
+    res = ChunkResult(chunk=rec.chunk, mode=mode, backend=backend, precision=precision, device=device,
+                      stream_position=stream_position, checked_inputs=inputs is not None)
     res.violations = check_outputs(contract, rec.chunk, outputs, cache_len_in=cache_len_in, inputs=inputs,
                                    stream_position=stream_position, allow_missing=unfetched)
     len_out = contract.output_by_role(ROLE_CACHE_LEN).name

@@ -19,14 +19,14 @@ simply have no payloads to extract, or fall back.
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from streamparity.errors import ReferenceFormatError
-from streamparity.reference.tensors import DTYPES, decode_tensor
+from streamparity import strictjson
+from streamparity.errors import ReferenceFormatError, StreamparityError
+from streamparity.reference.tensors import DTYPES, decode_tensor, tensor_layout
 
 SECTIONS = ("inputs", "outputs")
 _KEY = b'"data_b64"'
@@ -63,11 +63,8 @@ Tensors = dict[str, np.ndarray]
 
 def parse_chunk_json(line: bytes, *, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
     """The plain path: ``json.loads`` then :func:`decode_tensor` on every tensor (canonical errors)."""
-    try:
-        obj = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReferenceFormatError(f"line is not valid JSON ({exc})", file=file, line=line_no,
-                                   chunk=chunk) from None
+    obj = strictjson.loads(line, file=file, what="line", error=ReferenceFormatError, line=line_no, chunk=chunk,
+                           check_numbers=False, invalid="line is not valid JSON")
     if not isinstance(obj, dict):
         raise ReferenceFormatError("line is not a JSON object", file=file, line=line_no, chunk=chunk)
     out: list[Tensors] = []
@@ -119,15 +116,14 @@ def _skeleton(line: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     return b"".join(pieces), spans
 
 
-def parse_skeleton(line: bytes) -> Any:
-    """``json.loads`` of the line with its ``data_b64`` payloads replaced by short placeholders: every key
-    but the tensor bytes, at memchr speed whatever the writer's key order or separators.  Raises ValueError
-    (json.JSONDecodeError, UnicodeDecodeError) where the line is not valid JSON."""
+def skeleton_of(line: bytes) -> bytes:
+    """The line with its ``data_b64`` payloads replaced by short placeholders: every key but the tensor bytes,
+    found at memchr speed whatever the writer's key order or separators (the line itself where that fails)."""
     try:
         skel, _ = _skeleton(line)
     except _Fallback:
         skel = line
-    return json.loads(skel)
+    return skel
 
 
 def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: set[int]) -> np.ndarray | None:
@@ -144,14 +140,11 @@ def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: s
     if idx in used or not 0 <= idx < len(spans):
         raise _Fallback
     used.add(idx)
-    dname = t.get("dtype")
-    shape = t.get("shape")
-    if not isinstance(dname, str) or dname not in DTYPES or "shape" not in t:
-        raise _Fallback
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise _Fallback
+    layout = tensor_layout(t)
+    if isinstance(layout, str):
+        raise _Fallback  # the json path names the defect
+    dname, shape, count = layout
     dt = DTYPES[dname]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     lo, hi = spans[idx]
     if (hi - lo) % 4:
         raise _Fallback
@@ -161,14 +154,14 @@ def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: s
         raise _Fallback from None
     if len(raw) != count * dt.itemsize:
         raise _Fallback
-    return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))
+    return np.frombuffer(raw, dtype=dt).reshape(shape)
 
 
 def _parse_fast(line: bytes, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
     skel, spans = _skeleton(line)
     try:
-        obj = json.loads(skel)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        obj = strictjson.loads(skel, file=file, what="line", check_numbers=False)
+    except StreamparityError:
         raise _Fallback from None
     if not isinstance(obj, dict):
         raise _Fallback

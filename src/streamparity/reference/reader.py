@@ -16,9 +16,9 @@ The reader never loads the whole file: an index of byte offsets (kept beside the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,27 +26,27 @@ from typing import IO, Any
 
 import numpy as np
 
-from streamparity.atomic import atomic_write_text
-from streamparity.errors import ReferenceFormatError
+from streamparity import strictjson
+from streamparity.errors import ReferenceFormatError, StreamparityError
+from streamparity.reference.fields import FORMAT_VERSION, MAX_CHUNK, check_header, check_meta, chunk_id
+from streamparity.reference.sidecar import IndexEntry, file_key, read_sidecar, write_sidecar
 
-FORMAT_VERSION = 1
-INDEX_VERSION = 2
 _META_KEY = b'"meta":'
 log = logging.getLogger("streamparity.reference.reader")
 _PREFIX = 65536  # bytes of a line read to find its chunk id and meta
+_CHUNK_ID = re.compile(rb"(0|[1-9][0-9]{0,9})")
+__all__ = ["FORMAT_VERSION", "ChunkRecord", "IndexEntry", "ReferenceFile"]
 
 
-
-
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    chunk: int
-    offset: int
-    length: int
-    line: int
-    meta: Mapping[str, Any]
+def _utf8_prefix(head: bytes, file: str, lineno: int) -> str:
+    """The text of a line's first bytes, which may end inside a multi-byte character; other bad bytes are an error."""
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data" and len(head) >= _PREFIX:
+            return head[:e.start].decode("utf-8")
+        raise ReferenceFormatError(f"line is not valid UTF-8 (byte 0x{head[e.start]:02x} at column {e.start + 1})",
+                                   file=file, line=lineno) from None
 
 
 @dataclass
@@ -62,83 +62,55 @@ class ChunkRecord:
         return bool(self.meta.get("has_caches", True))
 
 
-def _file_key(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    with path.open("rb") as f:
-        head = f.read(65536)
-        f.seek(max(0, st.st_size - 65536))
-        tail = f.read()
-    return {
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "head_tail_sha256": hashlib.sha256(head + tail).hexdigest(),
-    }
-
-
 def _meta_from_prefix(head: bytes, file: str, lineno: int) -> tuple[int, dict[str, Any]] | None:
     """Chunk id and meta from the first bytes of one of our own lines, or None to parse the whole line."""
     pos = head.find(_META_KEY, 0, 4096)
     if not (head.startswith(b'{"chunk":') and pos > 0):
         return None
-    raw = head[9:pos].strip().rstrip(b",").strip()
+    raw = head[9:pos].strip()
+    if not raw.endswith(b","):
+        return None  # not our writer's layout: the full parse decides
+    raw = raw[:-1].strip()
+    if not _CHUNK_ID.fullmatch(raw) or int(raw) > MAX_CHUNK:
+        return None  # anything but a plain chunk id: the full parse names the defect
+    chunk = int(raw)
+    text = _utf8_prefix(head, file, lineno)[pos + len(_META_KEY):].lstrip()
     try:
-        chunk = int(raw)
-    except ValueError:
-        shown = raw[:40].decode("utf-8", "replace")
-        raise ReferenceFormatError(f"chunk id must be an integer, got {shown}", file=file, line=lineno,
-                                   field="chunk") from None
-    try:
-        # the prefix may end inside a multi-byte character; meta itself lies well before that
-        meta, _ = json.JSONDecoder().raw_decode(head[pos + len(_META_KEY):].decode("utf-8", "ignore").lstrip())
-    except ValueError:
+        _, end = json.JSONDecoder().raw_decode(text)  # where meta ends
+    except (ValueError, RecursionError):
         return None  # meta longer than the prefix, or malformed: the full parse decides
-    if not isinstance(meta, dict):
-        raise ReferenceFormatError("meta must be an object", file=file, line=lineno, chunk=chunk, field="meta")
-    return chunk, meta
-
-
-def _check_header(header: Mapping[str, Any], file: str, lineno: int) -> None:
-    version = header.get("streamparity_reference")
-    if version != FORMAT_VERSION:
-        raise ReferenceFormatError(f"reference format version {version!r} is not one this streamparity reads "
-                                   f"({FORMAT_VERSION})", file=file, line=lineno, field="streamparity_reference")
-    n = header.get("num_chunks")
-    if n is not None and (type(n) is not int or n < 0):
-        raise ReferenceFormatError(f"num_chunks must be a non-negative integer, got {n!r}", file=file,
-                                   line=lineno, field="num_chunks")
+    meta = strictjson.loads(text[:end], file=file, what="meta", error=ReferenceFormatError, line=lineno,
+                            chunk=chunk)
+    return chunk, check_meta(meta, file, lineno, chunk)
 
 
 def _meta_only(line: bytes, file: str, lineno: int) -> tuple[int | None, dict[str, Any], bool]:
     """Parse chunk id and meta of a whole line. Returns (chunk, meta, is_header)."""
     if line.startswith(b'{"streamparity_reference"'):
-        try:
-            return None, json.loads(line), True
-        except json.JSONDecodeError as e:
-            raise ReferenceFormatError(f"header is not valid JSON ({e.msg})", file=file, line=lineno) from None
-    fast = _meta_from_prefix(line[:_PREFIX], file, lineno)
+        header = strictjson.loads(line, file=file, what="header", error=ReferenceFormatError, line=lineno,
+                                  invalid="header is not valid JSON")
+        if not isinstance(header, dict):
+            raise ReferenceFormatError("header is not a JSON object", file=file, line=lineno)
+        return None, header, True
+    fast = _meta_from_prefix(line[:_PREFIX], file, lineno) if line.startswith(b'{"chunk":') else None
     if fast is not None:
         return fast[0], fast[1], False
-    # foreign writer, other key order (or a meta longer than the prefix): every key but the payloads
-    from streamparity.reference.fastparse import parse_skeleton
+    # foreign writer, other key order (or a meta longer than the prefix): every key but the payloads, strictly
+    from streamparity.reference.fastparse import skeleton_of
 
-    try:
-        try:
-            obj = parse_skeleton(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            obj = json.loads(line)  # the plain parser's message names the column in the file itself
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
-        raise ReferenceFormatError(f"line is not valid JSON ({msg}); the file may be truncated",
-                                   file=file, line=lineno) from None
+    obj = strictjson.loads(skeleton_of(line), file=file, what="line", error=ReferenceFormatError, line=lineno,
+                           check_numbers=False, invalid="line is not valid JSON; the file may be truncated")
     if not isinstance(obj, dict):
         raise ReferenceFormatError("line is not a JSON object", file=file, line=lineno)
     if "streamparity_reference" in obj:
         return None, obj, True
-    chunk_v = obj.get("chunk", obj.get("chunk_index", obj.get("chunk_idx")))
-    if not isinstance(chunk_v, int):
-        raise ReferenceFormatError("line has no integer 'chunk'", file=file, line=lineno, field="chunk")
-    meta_v = obj.get("meta", obj.get("metadata", {}))  # "metadata": the checklist project's writer
-    return chunk_v, dict(meta_v) if isinstance(meta_v, dict) else {}, False
+    key = next((k for k in ("chunk", "chunk_index", "chunk_idx") if k in obj), "chunk")
+    chunk_v = obj.get(key)
+    if not chunk_id(chunk_v):
+        raise ReferenceFormatError(f"chunk id must be an integer, got {json.dumps(chunk_v)[:40]} (ids are "
+                                   f"0..{MAX_CHUNK})", file=file, line=lineno, field=key)
+    meta_key = "meta" if "meta" in obj or "metadata" not in obj else "metadata"  # the checklist project's writer
+    return chunk_v, check_meta(obj.get(meta_key, {}), file, lineno, chunk_v), False
 
 
 def _read_at(f: IO[bytes], offset: int, length: int) -> bytes:
@@ -196,34 +168,23 @@ class ReferenceFile:
         return self.path.with_name(self.path.name + ".idx.json")
 
     def _load_index(self, use_sidecar: bool) -> None:
-        key = _file_key(self.path)
+        key = file_key(self.path)
         if use_sidecar and self.sidecar.is_file():
-            try:
-                doc = json.loads(self.sidecar.read_text("utf-8"))
-                if doc.get("version") == INDEX_VERSION and doc.get("key") == key:
-                    self.header = doc["header"]
-                    self.entries = [IndexEntry(e[0], e[1], e[2], e[3], e[4]) for e in doc["entries"]]
-                    self._by_chunk = {e.chunk: e for e in self.entries}
-                    return
-            except (OSError, ValueError, KeyError, IndexError, TypeError):
-                pass  # stale or corrupt index: rebuild
+            loaded = read_sidecar(self.sidecar, key)
+            if isinstance(loaded, str):
+                log.warning("%s: ignoring its byte-offset index %s (%s); rebuilding it", self.path, self.sidecar,
+                            loaded)
+            else:
+                self.header, self.entries = loaded
+                self._by_chunk = {e.chunk: e for e in self.entries}
+                return
         self._build_index()
         if use_sidecar:
             self._write_sidecar(key)
 
     def _write_sidecar(self, key: dict[str, Any]) -> None:
-        if not self._use_sidecar:
-            return
-        doc = {
-            "version": INDEX_VERSION,
-            "key": key,
-            "header": self.header,
-            "entries": [[e.chunk, e.offset, e.length, e.line, dict(e.meta)] for e in self.entries],
-        }
-        try:
-            atomic_write_text(self.sidecar, json.dumps(doc, separators=(",", ":")))
-        except OSError:
-            pass  # read-only location: keep the index in memory
+        if self._use_sidecar:
+            write_sidecar(self.sidecar, key, self.header, self.entries)
 
     def _build_index(self) -> None:
         """One pass over the file in 8 MiB blocks: newline positions, and per line only its first bytes
@@ -236,8 +197,8 @@ class ReferenceFile:
                 if not complete:
                     # last line without newline: accept only if it parses completely
                     try:
-                        json.loads(_read_at(whole, offset, length))
-                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        strictjson.loads(_read_at(whole, offset, length), file=file, check_numbers=False)
+                    except StreamparityError:
                         raise ReferenceFormatError(
                             "last line is incomplete (no newline, invalid JSON): the file is truncated",
                             file=file, line=lineno) from None
@@ -252,7 +213,7 @@ class ReferenceFile:
                 if is_header:
                     if self.entries or self.header:
                         raise ReferenceFormatError("header must be the first line", file=file, line=lineno)
-                    _check_header(meta, file, lineno)
+                    check_header(meta, file, lineno)
                     self.header = meta
                 elif chunk is not None:
                     if chunk in self._by_chunk:
@@ -301,7 +262,7 @@ class ReferenceFile:
             log.warning("%s: byte-offset index %s is stale (line %d does not hold chunk %d); rebuilding it",
                         self.path, self.sidecar, e.line, e.chunk)
             self._build_index()
-            self._write_sidecar(_file_key(self.path))
+            self._write_sidecar(file_key(self.path))
             e = self._entry(chunk)
             before, line = self._line(e)
             if not self._holds(before, line, e):

@@ -12,6 +12,7 @@ from typing import IO, Any
 import numpy as np
 
 from streamparity.atomic import _FILE_MODE
+from streamparity.errors import ReferenceFormatError
 from streamparity.reference.reader import FORMAT_VERSION
 from streamparity.reference.tensors import encode_tensor
 
@@ -32,6 +33,11 @@ class ReferenceWriter:
 
     def write(self, chunk: int, meta: Mapping[str, Any], inputs: Mapping[str, np.ndarray],
               outputs: Mapping[str, np.ndarray]) -> None:
+        big = [k for k, v in meta.items() if isinstance(v, int) and not isinstance(v, bool)
+               and not -(2**63) <= v < 2**63]
+        if big:  # what the reader refuses is never written
+            raise ReferenceFormatError(f"meta field {big[0]!r} is an integer outside int64", file=str(self.path),
+                                       chunk=int(chunk), field=f"meta.{big[0]}")
         parts = [
             f'{{"chunk": {int(chunk)}, "meta": ',
             json.dumps(dict(meta), sort_keys=True),

@@ -38,6 +38,10 @@ class ChunkResult:
     error: str | None = None
     bundle_inputs: dict[str, np.ndarray] | None = None
     bundle_outputs: dict[str, np.ndarray] | None = None
+    stream_position: int | None = None
+    """The position in an unbroken stream the input cache length was checked against (None: not checked)."""
+    checked_inputs: bool = False
+    """Whether the outputs were checked against the inputs fed (batch dim, fixed cache shapes)."""
 
     @property
     def verdict(self) -> Verdict:
