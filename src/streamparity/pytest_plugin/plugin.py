@@ -25,6 +25,7 @@ from streamparity.drivers.selection import parse_chunks
 from streamparity.environment import environment, placement
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.judging.stability import StabilityResult, analyze
+from streamparity.pytest_plugin import paired_options
 from streamparity.reports.collector import SummaryCollector
 from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkResult, RunResult
 from streamparity.session import ParitySession, SessionConfig
@@ -109,6 +110,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "provider): for CI jobs that must judge those runtimes (default: off)")
     g.addoption("--fail-on-warn", action="store_true", default=False,
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
+    paired_options.add_options(g)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -153,7 +155,8 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput[REBUILD_SINCE_KEY] = cfg.rebuild_since
 
 
-PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir")
+PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir",
+                *paired_options.PATH_OPTIONS)
 
 
 def _check_rootdir(config: pytest.Config) -> None:

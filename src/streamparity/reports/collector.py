@@ -64,7 +64,7 @@ class SummaryCollector:
     def rows(self) -> list[RunRow]:
         rows: dict[tuple[str, str], RunRow] = {}
         for _nodeid, outcome, p in self.records:
-            if p.get("kind") == "latency":  # benchmarks: kept apart, see to_json
+            if p.get("kind") in ("latency", "latency_paired"):  # benchmarks: kept apart, see to_json
                 continue
             key = (p["backend"], p["mode"])
             row = rows.setdefault(key, RunRow(p["backend"], p["mode"]))
@@ -171,7 +171,9 @@ class SummaryCollector:
             })
         latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
                    if p.get("kind") == "latency"]
-        return {"streamparity_summary": 1, **meta, "runs": runs, "latency": latency}
+        paired = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
+                  if p.get("kind") == "latency_paired"]
+        return {"streamparity_summary": 1, **meta, "runs": runs, "latency": latency, "latency_paired": paired}
 
     def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:
         doc = self.to_json(meta)
