@@ -86,7 +86,10 @@ def test_paired_step_latency(request: pytest.FixtureRequest, parity: ParitySessi
     result = judge_paired(timing.candidate_ms, timing.baseline_ms, limit=opts.limit, confidence=opts.confidence,
                           inconclusive_passes=opts.inconclusive_passes, block_steps=opts.block_steps,
                           warmup_steps=opts.warmup_steps, candidate_compute_ms=timing.candidate_compute_ms,
-                          baseline_compute_ms=timing.baseline_compute_ms, device_timing=device_timing)
+                          baseline_compute_ms=timing.baseline_compute_ms, device_timing=device_timing,
+                          extra={"candidate_block_means_ms": timing.candidate_mean_ms,
+                                 "baseline_block_means_ms": timing.baseline_mean_ms,
+                                 "block_statistic": "median step time of the block"})
     message = result.describe(f"[{spec.id}] paired latency {parity.onnx.name} vs baseline {opts.baseline_onnx.name}")
     payload = {"kind": KIND, "backend": spec.id, "precision": spec.precision, "device": spec.device,
                "candidate_onnx": str(parity.onnx), "baseline_onnx": str(opts.baseline_onnx),

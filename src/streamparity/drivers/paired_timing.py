@@ -3,14 +3,17 @@ the same chunks, in alternating blocks, so that machine drift and neighbours' lo
 
 Each model's stream is warmed up, then every round times one block of ``block_steps`` closed-loop steps of
 each model; the order alternates per round (A B, B A, A B, ...: ABBA), so a steady drift within a round
-favours neither.  A block's host time is ``time.perf_counter`` around its steps, each step followed by the
-backend's synchronize (all queued device work is included); on device-resident streams CUDA events around
-the compute and copy calls give the block's device times too.  The garbage collector is off while timing.
+favours neither.  Each step is timed on the host with ``time.perf_counter``, followed by the backend's
+synchronize (all queued device work is included); a block's time is the MEDIAN of its step times (a
+preempted step on a shared runner does not move it; the block mean is kept for reference).  On
+device-resident streams CUDA events around the compute calls give the block's mean device compute per step
+too.  The garbage collector is off while timing.
 """
 
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,23 +64,35 @@ def open_timed(name: str, backend: Backend, spec: BackendSpec, contract: Contrac
 
 @dataclass
 class PairedTiming:
-    """Per-round block times, ms per step; ``*_compute_ms`` only where device events ran."""
+    """Per-round block times, ms per step: block medians (judged) and means; ``*_compute_ms`` (mean device
+    compute per step) only where device events ran on both streams."""
 
     candidate_ms: list[float] = field(default_factory=list)
     baseline_ms: list[float] = field(default_factory=list)
+    candidate_mean_ms: list[float] = field(default_factory=list)
+    baseline_mean_ms: list[float] = field(default_factory=list)
     candidate_compute_ms: list[float] | None = None
     baseline_compute_ms: list[float] | None = None
 
+    def add(self, is_candidate: bool, steps_ms: list[float], compute_ms: float | None) -> None:
+        (self.candidate_ms if is_candidate else self.baseline_ms).append(statistics.median(steps_ms))
+        (self.candidate_mean_ms if is_candidate else self.baseline_mean_ms).append(statistics.fmean(steps_ms))
+        target = self.candidate_compute_ms if is_candidate else self.baseline_compute_ms
+        if target is not None and compute_ms is not None:
+            target.append(compute_ms)
 
-def _block(arm: TimedStream, steps: int) -> tuple[float, float | None]:
+
+def _block(arm: TimedStream, steps: int) -> tuple[list[float], float | None]:
     if arm.timer is not None:
         arm.timer.read()  # drop events of earlier steps
-    t0 = time.perf_counter()
+    clock = time.perf_counter
+    times = []
     for _ in range(steps):
+        t0 = clock()
         arm.step()
-    host_ms = (time.perf_counter() - t0) * 1e3 / steps
+        times.append((clock() - t0) * 1e3)
     compute = arm.timer.read()["compute"] / steps if arm.timer is not None else None
-    return host_ms, compute
+    return times, compute
 
 
 def time_paired(candidate: TimedStream, baseline: TimedStream, *, rounds: int, block_steps: int,
@@ -98,12 +113,8 @@ def time_paired(candidate: TimedStream, baseline: TimedStream, *, rounds: int, b
         for r in range(rounds):
             order = (candidate, baseline) if r % 2 == 0 else (baseline, candidate)
             for arm in order:
-                host_ms, compute = _block(arm, block_steps)
-                is_candidate = arm is candidate
-                (out.candidate_ms if is_candidate else out.baseline_ms).append(host_ms)
-                target = out.candidate_compute_ms if is_candidate else out.baseline_compute_ms
-                if target is not None and compute is not None:
-                    target.append(compute)
+                steps_ms, compute = _block(arm, block_steps)
+                out.add(arm is candidate, steps_ms, compute)
     finally:
         if enabled:
             gc.enable()

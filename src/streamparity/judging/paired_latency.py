@@ -125,7 +125,7 @@ class PairedLatencyResult:
         h = self.host
         pct = f"{self.confidence:.0%}"
         lines = [f"{head}: candidate {h.candidate_ms:.4g} ms/step vs baseline {h.baseline_ms:.4g} ms/step "
-                 f"(medians of block means); ratio {h.ratio:.4f}, {pct} CI [{h.ratio_lo:.4f}, {h.ratio_hi:.4f}] "
+                 f"(medians of block medians); ratio {h.ratio:.4f}, {pct} CI [{h.ratio_lo:.4f}, {h.ratio_hi:.4f}] "
                  f"(sign test, achieved {h.achieved_confidence:.1%}) over {h.pairs} pairs",
                  f"  sampling: {self.rounds} rounds of 2 alternating blocks (ABBA order) x {self.block_steps} steps, "
                  f"after {self.warmup_steps} warm-up steps per model; same process, device and chunks"]
