@@ -21,8 +21,8 @@ from streamparity.contract.model_io import check_onnx_file
 from streamparity.drivers.device_events import unavailable_reason
 from streamparity.drivers.paired_timing import open_timed, time_paired
 from streamparity.errors import BackendUnavailable, StreamparityError
-from streamparity.judging.paired_latency import judge_paired
-from streamparity.pytest_plugin.paired_options import paired_options
+from streamparity.judging.paired_latency import decide, judge_paired, per_look, ratio_stats
+from streamparity.pytest_plugin.paired_options import looks, paired_options
 from streamparity.pytest_plugin.plugin import PROPERTY
 from streamparity.session import ParitySession
 
@@ -70,8 +70,17 @@ def test_paired_step_latency(request: pytest.FixtureRequest, parity: ParitySessi
         arms.append(open_timed("candidate", candidate, spec, c, ref, ids, device_events=spec.needs_gpu))
         arms.append(open_timed("baseline", baseline, spec, c, ref, ids, device_events=spec.needs_gpu))
         cand, base = arms
+        planned = looks(opts.rounds, opts.max_rounds)
         timing = time_paired(cand, base, rounds=opts.rounds, block_steps=opts.block_steps,
                              warmup_steps=opts.warmup_steps)
+        look = 1
+        # inconclusive: time more rounds (same streams, alternation continued), up to --paired-max-rounds
+        while look < planned and opts.limit is not None and decide(
+                ratio_stats(timing.candidate_ms, timing.baseline_ms, per_look(opts.confidence, planned)),
+                opts.limit) == "inconclusive":
+            more = min(opts.rounds, opts.max_rounds - len(timing.candidate_ms))
+            time_paired(cand, base, rounds=more, block_steps=opts.block_steps, warmup_steps=0, into=timing)
+            look += 1
         if not spec.needs_gpu:
             device_timing = f"host only: {spec.id} runs on the CPU, there is no device time to take apart"
         elif timing.candidate_compute_ms is None:
@@ -87,6 +96,7 @@ def test_paired_step_latency(request: pytest.FixtureRequest, parity: ParitySessi
                           inconclusive_passes=opts.inconclusive_passes, block_steps=opts.block_steps,
                           warmup_steps=opts.warmup_steps, candidate_compute_ms=timing.candidate_compute_ms,
                           baseline_compute_ms=timing.baseline_compute_ms, device_timing=device_timing,
+                          looks=planned, look=look,
                           extra={"candidate_block_means_ms": timing.candidate_mean_ms,
                                  "baseline_block_means_ms": timing.baseline_mean_ms,
                                  "block_statistic": "median step time of the block"})

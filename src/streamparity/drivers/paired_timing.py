@@ -96,8 +96,9 @@ def _block(arm: TimedStream, steps: int) -> tuple[list[float], float | None]:
 
 
 def time_paired(candidate: TimedStream, baseline: TimedStream, *, rounds: int, block_steps: int,
-                warmup_steps: int) -> PairedTiming:
-    """Warm both up, then `rounds` rounds of one block each, order alternating per round."""
+                warmup_steps: int, into: PairedTiming | None = None) -> PairedTiming:
+    """Warm both up, then `rounds` rounds of one block each, order alternating per round.  With `into`
+    (an earlier call's result), the rounds are appended to it and the alternation continues."""
     if rounds < 1 or block_steps < 1 or warmup_steps < 0:
         raise ValueError(f"need rounds >= 1, block_steps >= 1, warmup_steps >= 0 (got {rounds}, {block_steps}, "
                          f"{warmup_steps})")
@@ -105,12 +106,14 @@ def time_paired(candidate: TimedStream, baseline: TimedStream, *, rounds: int, b
         for _ in range(warmup_steps):
             arm.step()
     devices = candidate.timer is not None and baseline.timer is not None
-    out = PairedTiming(candidate_compute_ms=[] if devices else None, baseline_compute_ms=[] if devices else None)
+    out = into if into is not None else PairedTiming(candidate_compute_ms=[] if devices else None,
+                                                     baseline_compute_ms=[] if devices else None)
+    first = len(out.candidate_ms)
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        for r in range(rounds):
+        for r in range(first, first + rounds):
             order = (candidate, baseline) if r % 2 == 0 else (baseline, candidate)
             for arm in order:
                 steps_ms, compute = _block(arm, block_steps)

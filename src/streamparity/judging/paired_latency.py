@@ -11,6 +11,9 @@ Verdict against a limit L (e.g. 1.10, "at most 10% slower"):
 * ``pass``: the interval's upper bound is at most L;
 * ``inconclusive``: the interval straddles L (more pairs, bigger blocks or a quieter machine decide it);
 * ``report``: no limit given, figures only.
+
+A run may look more than once (extend while inconclusive): with ``looks`` planned looks each interval is
+taken at ``1 - (1 - confidence) / looks`` (Bonferroni), so the run's error rate stays within the stated one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ def _binom_cdf_half(k: int, n: int) -> float:
     if k < 0:
         return 0.0
     return sum(math.comb(n, i) for i in range(min(k, n) + 1)) / 2.0 ** n
+
+
+def per_look(confidence: float, looks: int) -> float:
+    """Confidence of each of `looks` intervals so that all hold together with `confidence` (Bonferroni)."""
+    if looks < 1:
+        raise ValueError(f"looks must be >= 1, got {looks}")
+    return 1.0 - (1.0 - confidence) / looks
 
 
 def min_pairs(confidence: float) -> int:
@@ -116,6 +126,12 @@ class PairedLatencyResult:
     compute: RatioStats | None = None
     device_timing: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    looks: int = 1
+    look: int = 1
+
+    @property
+    def per_look_confidence(self) -> float:
+        return per_look(self.confidence, self.looks)
 
     @property
     def failed(self) -> bool:
@@ -126,7 +142,9 @@ class PairedLatencyResult:
         pct = f"{self.confidence:.0%}"
         lines = [f"{head}: candidate {h.candidate_ms:.4g} ms/step vs baseline {h.baseline_ms:.4g} ms/step "
                  f"(medians of block medians); ratio {h.ratio:.4f}, {pct} CI [{h.ratio_lo:.4f}, {h.ratio_hi:.4f}] "
-                 f"(sign test, achieved {h.achieved_confidence:.1%}) over {h.pairs} pairs",
+                 f"(sign test, achieved {h.achieved_confidence:.1%}) over {h.pairs} pairs"
+                 + (f" (look {self.look} of at most {self.looks}, each at {self.per_look_confidence:.1%})"
+                    if self.looks > 1 else ""),
                  f"  sampling: {self.rounds} rounds of 2 alternating blocks (ABBA order) x {self.block_steps} steps, "
                  f"after {self.warmup_steps} warm-up steps per model; same process, device and chunks"]
         if self.limit is None:
@@ -152,7 +170,8 @@ class PairedLatencyResult:
         """The ``latency_paired`` payload body (JSON-ready)."""
         return {"verdict": self.verdict, "failed": self.failed, "limit": self.limit,
                 "inconclusive_policy": "pass" if self.inconclusive_passes else "fail",
-                "confidence": self.confidence, "statistic": "median of per-pair ratios, sign-test CI",
+                "confidence": self.confidence, "looks": self.looks, "look": self.look,
+                "per_look_confidence": self.per_look_confidence, "statistic": "median of per-pair ratios, sign-test CI",
                 **asdict(self.host), "rounds": self.rounds, "block_steps": self.block_steps,
                 "warmup_steps": self.warmup_steps, "order": "ABBA",
                 "candidate_blocks_ms": self.candidate_blocks_ms, "baseline_blocks_ms": self.baseline_blocks_ms,
@@ -164,14 +183,18 @@ def judge_paired(candidate_ms: Sequence[float], baseline_ms: Sequence[float], *,
                  confidence: float = 0.95, inconclusive_passes: bool = False, block_steps: int = 1,
                  warmup_steps: int = 0, candidate_compute_ms: Sequence[float] | None = None,
                  baseline_compute_ms: Sequence[float] | None = None, device_timing: str = "",
-                 extra: dict[str, Any] | None = None) -> PairedLatencyResult:
-    """Judge per-pair block times (ms per step): host times decide, device compute times are reported."""
+                 extra: dict[str, Any] | None = None, looks: int = 1, look: int = 1) -> PairedLatencyResult:
+    """Judge per-pair block times (ms per step): host times decide, device compute times are reported.
+    `looks`: how many times this run may judge (intervals at the Bonferroni-adjusted confidence); `look`:
+    which one this is."""
     if limit is not None and not (math.isfinite(limit) and limit > 0):
         raise ValueError(f"the latency ratio limit must be a positive number, got {limit!r}")
-    host = ratio_stats(candidate_ms, baseline_ms, confidence)
+    level = per_look(confidence, looks)
+    host = ratio_stats(candidate_ms, baseline_ms, level)
     compute = None
     if candidate_compute_ms is not None and baseline_compute_ms is not None:
-        compute = ratio_stats(candidate_compute_ms, baseline_compute_ms, confidence)
+        compute = ratio_stats(candidate_compute_ms, baseline_compute_ms, level)
     return PairedLatencyResult(host, decide(host, limit), limit, confidence, inconclusive_passes, host.pairs,
                                block_steps, warmup_steps, [float(v) for v in candidate_ms],
-                               [float(v) for v in baseline_ms], compute, device_timing, dict(extra or {}))
+                               [float(v) for v in baseline_ms], compute, device_timing, dict(extra or {}),
+                               looks, look)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from streamparity.errors import StreamparityError
-from streamparity.judging.paired_latency import min_pairs
+from streamparity.judging.paired_latency import min_pairs, per_look
 
 PATH_OPTIONS = ("--baseline-onnx",)
-DEFAULT_ROUNDS = 10
+DEFAULT_ROUNDS = 30
+DEFAULT_MAX_ROUNDS = 90
 DEFAULT_BLOCK_STEPS = 20
 DEFAULT_WARMUP_STEPS = 20
 DEFAULT_CONFIDENCE = 0.95
@@ -55,6 +56,10 @@ def add_options(group: pytest.OptionGroup) -> None:
                          "(default: fail)")
     group.addoption("--paired-rounds", metavar="N", type=_count, default=DEFAULT_ROUNDS,
                     help=f"paired latency gate: rounds, one candidate/baseline pair each (default: {DEFAULT_ROUNDS})")
+    group.addoption("--paired-max-rounds", metavar="N", type=_count, default=DEFAULT_MAX_ROUNDS,
+                    help="paired latency gate: while the verdict is inconclusive, time another --paired-rounds "
+                         "rounds, up to N in all; each look's interval is widened (Bonferroni over the looks) so "
+                         f"the stated confidence holds for the whole run (default: {DEFAULT_MAX_ROUNDS})")
     group.addoption("--paired-block-steps", metavar="N", type=_count, default=DEFAULT_BLOCK_STEPS,
                     help=f"paired latency gate: steps per timed block (default: {DEFAULT_BLOCK_STEPS})")
     group.addoption("--paired-warmup-steps", metavar="N", type=_count, default=DEFAULT_WARMUP_STEPS,
@@ -69,9 +74,15 @@ class PairedOptions:
     limit: float | None
     inconclusive_passes: bool
     rounds: int
+    max_rounds: int
     block_steps: int
     warmup_steps: int
     confidence: float
+
+
+def looks(rounds: int, max_rounds: int) -> int:
+    """How many times the gate may judge: after every `rounds` rounds, up to `max_rounds`."""
+    return max(1, -(-max(max_rounds, rounds) // max(rounds, 1)))
 
 
 def paired_options(config: pytest.Config) -> PairedOptions:
@@ -79,10 +90,11 @@ def paired_options(config: pytest.Config) -> PairedOptions:
     conf = float(o.paired_confidence)
     if not conf < 1.0:
         raise StreamparityError(f"--paired-confidence={conf:g}: must be below 1 (e.g. 0.95)")
-    need = min_pairs(conf)
+    need = min_pairs(per_look(conf, looks(o.paired_rounds, o.paired_max_rounds)))
     if o.paired_rounds < need:
         raise StreamparityError(f"--paired-rounds={o.paired_rounds}: a {conf:.0%} interval for the median ratio "
-                                f"needs at least {need} pairs")
+                                f"needs at least {need} pairs (over {looks(o.paired_rounds, o.paired_max_rounds)} "
+                                "looks, see --paired-max-rounds)")
     if o.paired_block_steps < 1:
         raise StreamparityError("--paired-block-steps=0: a block needs at least 1 step")
     base = o.baseline_onnx
@@ -90,4 +102,5 @@ def paired_options(config: pytest.Config) -> PairedOptions:
         raise StreamparityError(f"--baseline-onnx={base}: " + ("is a directory, not a file" if base.is_dir()
                                                                    else "file not found"))
     return PairedOptions(base, o.gate_latency_ratio, o.latency_inconclusive == "pass", int(o.paired_rounds),
-                         int(o.paired_block_steps), int(o.paired_warmup_steps), conf)
+                         max(int(o.paired_max_rounds), int(o.paired_rounds)), int(o.paired_block_steps),
+                         int(o.paired_warmup_steps), conf)
