@@ -6,8 +6,9 @@
 * the verdict reaches JUnit properties and summary.json;
 * no --baseline-onnx skips with the reason; a bad one is a one-line error.
 
-Each run takes the default 30 pairs of 20-step blocks (~2 s of timing), 60 or 90 while inconclusive.  Both models are timed in the same process,
-alternating, so a loaded runner slows both alike (measured figures: README-paired.md).
+Each run takes the default 30 pairs of 20-step blocks (~2 s of timing), 60 or 90 while inconclusive.
+Both models are timed in the same process, alternating, so a loaded runner slows both alike (measured
+figures: README-paired.md).
 """
 
 from __future__ import annotations
