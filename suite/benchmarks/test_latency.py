@@ -14,15 +14,15 @@ else it is only reported.  Release gate (baseline vs candidate): see tests/pytes
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
-from streamparity.backends.base import BackendSpec, Stream
+from streamparity.backends.base import BackendSpec
 from streamparity.contract.model import ROLE_AUDIO, ROLE_LENGTH, Contract
 from streamparity.drivers.closed_loop import initial_state
+from streamparity.drivers.device_events import gpu_split, host_sync
 from streamparity.environment import gpu_names
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.pytest_plugin.release_gate import gate, not_run
@@ -70,60 +70,6 @@ def target_status(contract: Contract, spec: BackendSpec, p95_ms: float | None) -
     return info
 
 
-class _CudaTimed:
-    """Records a CUDA event pair around every call of the wrapped methods (on torch's current stream)."""
-
-    def __init__(self, inner: Any, kind: str, methods: tuple[str, ...], log: list[tuple[str, Any, Any]]) -> None:
-        self._inner, self._kind, self._methods, self._log = inner, kind, methods, log
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if name not in self._methods:
-            return attr
-        import torch
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                end.record()
-                self._log.append((self._kind, start, end))
-
-        return timed
-
-
-def gpu_split(stream: Stream, step: Callable[[], None], steps: int) -> dict[str, Any]:
-    """Mean compute and copy time per step (ms) of a device-resident stream, from CUDA events; the
-    events are read after a synchronize, so the figures include all queued work."""
-    try:
-        import torch
-    except ImportError:
-        return {"gpu_split": "skipped: torch is not installed (CUDA events come from torch.cuda)"}
-    if not torch.cuda.is_available():
-        return {"gpu_split": "skipped: torch sees no CUDA device"}
-    ops, runner = getattr(stream, "ops", None), getattr(stream, "runner", None)
-    if ops is None or runner is None:
-        return {"gpu_split": f"skipped: {type(stream).__name__} is not a device-resident loop (no ops/runner)"}
-    log: list[tuple[str, Any, Any]] = []
-    stream.ops = _CudaTimed(ops, "copy", ("h2d", "d2h", "copy2d", "memset0"), log)  # type: ignore[attr-defined]
-    stream.runner = _CudaTimed(runner, "compute", ("execute",), log)  # type: ignore[attr-defined]
-    try:
-        totals = {"compute": 0.0, "copy": 0.0}
-        for _ in range(steps):
-            log.clear()
-            step()
-            torch.cuda.synchronize()
-            for kind, start, end in log:
-                totals[kind] += float(start.elapsed_time(end))
-    finally:
-        stream.ops, stream.runner = ops, runner  # type: ignore[attr-defined]
-    note = getattr(runner, "timing_note", None)
-    return {"compute_ms": totals["compute"] / steps, "copy_ms": totals["copy"] / steps,
-            "gpu_split": f"CUDA events over {steps} steps" + (f"; {note}" if note else "")}
-
-
 def test_step_latency(benchmark: Any, request: pytest.FixtureRequest, parity: ParitySession,
                       backend_spec: BackendSpec) -> None:
     """Per-chunk closed-loop step latency of one backend after warm-up."""
@@ -147,15 +93,7 @@ def test_step_latency(benchmark: Any, request: pytest.FixtureRequest, parity: Pa
     # as deployed: caches stay where the backend keeps them (device-resident on GPUs), buffers are
     # preallocated, and only the encoder output and the lengths come back each chunk
     stream = backend.open_stream(initial_state(c, recs[0]), fetch_caches=False)
-    sync: Callable[[], None] = lambda: None  # noqa: E731
-    if spec.needs_gpu:
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                sync = torch.cuda.synchronize
-        except ImportError:
-            pass
+    sync = host_sync(spec)
     i = 0
 
     def step() -> None:

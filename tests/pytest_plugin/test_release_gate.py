@@ -31,39 +31,10 @@ EXTRA_DIM = 256
 
 def add_dead_work(src: Path, dst: Path, *, layers: int = EXTRA_LAYERS, dim: int = EXTRA_DIM,
                   output: str = "outputs") -> Path:
-    """A slower copy of `src` with identical results: ``output += 0 * sum(X @ W1 @ ... @ Wn)``.
+    """A slower copy of `src` with identical results (see streamparity.tools.onnx_faults.add_dead_work)."""
+    from streamparity.tools import onnx_faults
 
-    X is a fixed [dim, dim] matrix scaled by the mean of the original output, so the chain depends on the
-    model's input and cannot be constant-folded; the W are random orthogonal matrices (norms preserved,
-    no overflow), so ``0 * sum`` is exactly 0 and the output is unchanged bit for bit.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    m = onnx.load(str(src))
-    g = m.graph
-    raw = f"{output}__before_work"
-    for node in g.node:
-        for i, name in enumerate(node.output):
-            if name == output:
-                node.output[i] = raw
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), "work_x"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "work_zero")]
-    nodes = [helper.make_node("ReduceMean", [raw], ["work_scale"], keepdims=0, name="work_scale"),
-             helper.make_node("Mul", ["work_x", "work_scale"], ["work_h0"], name="work_h0")]
-    for i in range(layers):
-        q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-        inits.append(numpy_helper.from_array(q.astype(np.float32), f"work_w{i}"))
-        nodes.append(helper.make_node("MatMul", [f"work_h{i}", f"work_w{i}"], [f"work_h{i + 1}"], name=f"work_mm{i}"))
-    nodes += [helper.make_node("ReduceSum", [f"work_h{layers}"], ["work_sum"], keepdims=0, name="work_sum"),
-              helper.make_node("Mul", ["work_sum", "work_zero"], ["work_nil"], name="work_nil"),
-              helper.make_node("Add", [raw, "work_nil"], [output], name="work_add")]
-    g.node.extend(nodes)
-    g.initializer.extend(inits)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(dst))
-    return dst
+    return onnx_faults.save(onnx_faults.add_dead_work(onnx_faults.load(src), output, layers=layers, dim=dim), dst)
 
 
 def run_bench(tmp: Path, storage: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from streamparity.backends.external import options as ext_options
 from streamparity.backends.registry import parse_backend_spec, register_backend
 from streamparity.contract.shipped import contract_by_name_or_path, contract_registry, default_contract
 from streamparity.drivers.selection import parse_chunks
-from streamparity.pytest_plugin import engine_options
+from streamparity.pytest_plugin import engine_options, paired_options
 from streamparity.session import SessionConfig
 
 MARKERS = {
@@ -28,7 +28,8 @@ MARKERS = {
     "slow": "slow tests (minutes)",
 }
 DEFAULT_BACKENDS = ("ort-cpu-fp32", "ort-cpu-fp16", "trt-cuda-fp32", "trt-cuda-fp16")
-PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir")
+PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir",
+                *paired_options.PATH_OPTIONS)
 REBUILD_SINCE_KEY = "streamparity_rebuild_since"
 
 
@@ -74,6 +75,7 @@ def add_options(parser: pytest.Parser) -> None:
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
     ext_options.add_options(g)
     engine_options.add_options(g)
+    paired_options.add_options(g)
 
 
 def register_markers(config: pytest.Config) -> None:

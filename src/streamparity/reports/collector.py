@@ -177,8 +177,10 @@ class SummaryCollector:
             })
         latency = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
                    if isinstance(p, dict) and p.get("kind") == "latency"]
-        return {"streamparity_summary": SUMMARY_VERSION, **meta, "verdict": overall(runs, latency), "runs": runs,
-                "latency": latency}
+        paired = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
+                  if isinstance(p, dict) and p.get("kind") == "latency_paired"]
+        return {"streamparity_summary": SUMMARY_VERSION, **meta, "verdict": overall(runs, [*latency, *paired]),
+                "runs": runs, "latency": latency, "latency_paired": paired}
 
     def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:
         doc = self.to_json(meta)

@@ -77,7 +77,8 @@ def output_verdict(run: Mapping[str, Any], output: str) -> Verdict:
 
 
 def _overall(doc: Mapping[str, Any]) -> str:
-    return str(doc.get("verdict") or overall(list(doc.get("runs", [])), list(doc.get("latency", []))))
+    return str(doc.get("verdict") or overall(list(doc.get("runs", [])),
+                                             [*doc.get("latency", []), *doc.get("latency_paired", [])]))
 
 
 def _verdict_section(doc: Mapping[str, Any]) -> list[str]:
@@ -195,10 +196,18 @@ def _latency_section(doc: Mapping[str, Any]) -> list[str]:
         lines += ["Benchmarks (`-m benchmark`): per-chunk `Stream.step` after warm-up, milliseconds.", "",
                   *_table(["backend", "precision", "P50", "P95", "P99", "compute (GPU)", "copies (GPU)", "target",
                            "target status"], brows), ""]
+    paired = [[b.get("backend"), _fmt(b.get("candidate_ms")), _fmt(b.get("baseline_ms")), _fmt(b.get("ratio")),
+               f"[{_fmt(b.get('ratio_lo'))}, {_fmt(b.get('ratio_hi'))}]", b.get("pairs"), _fmt(b.get("limit")),
+               str(b.get("verdict", "–")).upper()] for b in doc.get("latency_paired", [])]
+    if paired:
+        lines += ["Paired release gate (candidate vs `--baseline-onnx`, same run, alternating blocks): medians in ms "
+                  "per step, ratio = candidate / baseline with its confidence interval.", "",
+                  *_table(["backend", "candidate", "baseline", "ratio", "CI", "pairs", "limit", "verdict"], paired),
+                  ""]
     if rows:
         lines += ["Step time measured during the parity runs (one pass, no warm-up; for orientation only), ms.",
                   "", *_table(["backend", "mode", "P50", "P95", "P99"], rows), ""]
-    if not bench and not rows:
+    if not bench and not rows and not paired:
         lines += ["No latency measured in this run (benchmarks: `pytest -m benchmark`).", ""]
     return lines
 

@@ -144,3 +144,44 @@ def break_node(model, node_name: str, factor: float = 1.5):  # type: ignore[no-u
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     return m
+
+
+def add_dead_work(model, output: str, *, layers: int, dim: int = 256):  # type: ignore[no-untyped-def]
+    """A slower model with identical results: ``output += 0 * sum(X @ W1 @ ... @ Wn)`` (a compute regression).
+
+    X is a fixed [dim, dim] matrix scaled by the mean of the original output, so the chain depends on the
+    model's input and cannot be constant-folded; the W are random orthogonal matrices (norms preserved, no
+    overflow), so ``0 * sum`` is exactly 0 and the output is unchanged bit for bit.  On the tiny encoder
+    (ONNX Runtime CPU, one thread) 10 layers of 256 make a step ~4.5x slower, 1 layer of 256 ~1.5x.
+    """
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    if layers < 1 or dim < 1:
+        raise ValueError(f"add_dead_work needs layers >= 1 and dim >= 1, got {layers} and {dim}")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    if output not in {o.name for o in g.output}:
+        raise ValueError(f"model has no output {output!r}")
+    raw = f"{output}__before_work"
+    for node in g.node:
+        for i, name in enumerate(node.output):
+            if name == output:
+                node.output[i] = raw
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), "work_x"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "work_zero")]
+    nodes = [helper.make_node("ReduceMean", [raw], ["work_scale"], keepdims=0, name="work_scale"),
+             helper.make_node("Mul", ["work_x", "work_scale"], ["work_h0"], name="work_h0")]
+    for i in range(layers):
+        q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+        inits.append(numpy_helper.from_array(q.astype(np.float32), f"work_w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"work_h{i}", f"work_w{i}"], [f"work_h{i + 1}"], name=f"work_mm{i}"))
+    nodes += [helper.make_node("ReduceSum", [f"work_h{layers}"], ["work_sum"], keepdims=0, name="work_sum"),
+              helper.make_node("Mul", ["work_sum", "work_zero"], ["work_nil"], name="work_nil"),
+              helper.make_node("Add", [raw, "work_nil"], [output], name="work_add")]
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    onnx.checker.check_model(m)
+    return m
