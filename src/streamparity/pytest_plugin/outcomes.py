@@ -34,6 +34,13 @@ class ParityWarning(UserWarning):
     """An error above the contract's warn level but within its fail tolerance."""
 
 
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    """A backend's describe() as plain JSON values (it travels from xdist workers in the report)."""
+    import json
+
+    return dict(json.loads(json.dumps(d, default=str)))
+
+
 def _flat(v: Any) -> str:
     return v if isinstance(v, str) else f"{v:.4g}" if v is not None else ""
 
@@ -154,7 +161,7 @@ def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: Ba
         pytest.skip(session.no_chunks_reason(mode))
     gates = session.gates(spec, mode)
     record(request, GateSummary(spec.id, mode, gates.verdict, [g.to_dict() for g in gates],
-                                gates.vs_ort_fp32_direct_max))
+                                gates.vs_ort_fp32_direct_max, _jsonable(run.describe)))
     warned = [c for c in run.chunks if c.verdict == "warn" and c.chunk in set(selected)]
     if warned:
         worst_c = max(warned, key=lambda c: max((m.max_abs for m in c.metrics.values()), default=0.0))

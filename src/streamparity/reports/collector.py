@@ -34,6 +34,7 @@ class RunRow:
     """(chunk, first message) of every chunk with contract-invariant violations or a run error."""
     gates: list[dict[str, Any]] = field(default_factory=list)
     gate_outcome: str | None = None
+    backend_info: dict[str, Any] = field(default_factory=dict)
     skip_reason: str | None = None
     stability: dict[str, Any] = field(default_factory=dict)
     stability_outcome: str | None = None
@@ -105,6 +106,7 @@ class SummaryCollector:
             if isinstance(rec, GateSummary):
                 row.gates = rec.gates
                 row.gate_outcome = outcome
+                row.backend_info = rec.backend_info
             elif isinstance(rec, StabilitySummary):
                 row.stability = rec.outputs
                 row.stability_outcome = outcome
@@ -170,6 +172,7 @@ class SummaryCollector:
                 "cache_len": {str(k): v for k, v in sorted(r.cache_len.items())},
                 "step_ms": {"p50": _pct(r.step_ms, 50), "p95": _pct(r.step_ms, 95), "p99": _pct(r.step_ms, 99)},
                 "placements": dict(sorted(r.placements.items())),
+                "backend_info": r.backend_info,
                 "violations": {"chunks": len(r.violations),
                                "first": (dict(zip(("chunk", "message"), min(r.violations), strict=True))
                                          if r.violations else None),

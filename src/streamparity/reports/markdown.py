@@ -234,6 +234,14 @@ def _environment_section(doc: Mapping[str, Any]) -> list[str]:
     rc = doc.get("reference_check")
     if isinstance(rc, Mapping) and "ok" in rc:
         lines.append(f"- reference check: {'ok' if rc.get('ok') else '**FAILED**'}")
+    described: set[str] = set()
+    for r in doc.get("runs", []):
+        info = r.get("backend_info") or {}
+        if info and r["backend"] not in described:  # what was judged: plan, runtime, recording ...
+            described.add(r["backend"])
+            flat = [f"{k}: {_cell(v)[:160]}" for k, v in info.items() if not isinstance(v, (dict, list))
+                    and k not in ("id", "kind", "precision", "device")]
+            lines.append(f"- {r['backend']}: " + "; ".join(flat))
     for r in doc.get("runs", []):
         where = r.get("placements") or {}
         if where:

@@ -128,6 +128,8 @@ class GateSummary:
     verdict: Outcome
     gates: list[dict[str, Any]] = field(default_factory=list)
     vs_ort_fp32_direct_max: float | None = None
+    backend_info: dict[str, Any] = field(default_factory=dict)
+    """The backend's ``describe()``: versions, the plan judged (path, sha256, supplied or built), a recording..."""
     kind: Literal["gate"] = "gate"
 
     def to_dict(self) -> dict[str, Any]:
