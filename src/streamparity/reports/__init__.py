@@ -1,0 +1,1 @@
+"""Reports: the collector of results, summary.json, report.md and its plots."""

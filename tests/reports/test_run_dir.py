@@ -1,0 +1,76 @@
+"""The report directory describes the run that wrote it: checked before any test runs, one run at a time, an
+earlier run's files never left looking current, a killed run recognisable as incomplete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streamparity.reports.run_dir import RUN_FILE, ReportDirError, RunDir
+from tests.conftest import run_pytest
+
+SMALL = ("-m", "parity and functional", "--backend=ort-cpu-fp32", "--chunks=0-1", "-p", "no:xdist", "-q")
+
+
+def test_a_report_dir_that_is_a_file_is_a_usage_error_before_any_test(tmp_path: Path) -> None:
+    f = tmp_path / "not-a-dir"
+    f.write_text("x")
+    r = run_pytest(*SMALL, f"--report-dir={f}")
+    assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "--report-dir is a file" in r.stderr and "passed" not in r.stdout
+
+
+def test_a_report_dir_that_cannot_be_created_is_a_usage_error(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = run_pytest(*SMALL, f"--report-dir={f / 'sub'}")
+    assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "cannot be written" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_earlier_runs_files_are_removed_and_the_new_summary_names_its_run(tmp_path: Path) -> None:
+    d = tmp_path / "reports"
+    (d / "bundles").mkdir(parents=True)
+    (d / "summary.json").write_text('{"verdict": "PASS", "stale": true}')
+    (d / "report.md").write_text("stale")
+    (d / "error_old-backend_closed_loop.png").write_bytes(b"")
+    (d / "bundles" / "old-backend-closed_loop-chunk007.npz").write_bytes(b"")
+    (d / "bundles" / ".x.npz.123.tmp").write_bytes(b"")
+    (d / ".summary.json.abc.tmp").write_bytes(b"")
+    (d / "notes.txt").write_text("the user's own file")
+    r = run_pytest(*SMALL, f"--report-dir={d}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((d / "summary.json").read_text())
+    run = json.loads((d / RUN_FILE).read_text())
+    assert "stale" not in summary and summary["verdict"] == "PASS"
+    assert summary["run"]["id"] == run["id"] and run["complete"] is True and "finished" in run
+    assert run["id"] in (d / "report.md").read_text()
+    assert not list((d / "bundles").iterdir()) and not (d / "error_old-backend_closed_loop.png").exists()
+    assert not list(d.glob(".*.tmp")) and (d / "notes.txt").read_text() == "the user's own file"
+
+
+def test_a_run_that_never_finished_is_marked_incomplete(tmp_path: Path) -> None:
+    d = tmp_path / "reports"
+    (d).mkdir()
+    (d / "summary.json").write_text("{}")
+    rd = RunDir(d)
+    rd.open()  # ... and the process is killed before it writes its report
+    run = json.loads((d / RUN_FILE).read_text())
+    assert run["complete"] is False and run["id"] == rd.run_id and not (d / "summary.json").exists()
+    rd._lock.release()
+
+
+def test_a_second_run_on_the_same_report_dir_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "reports"
+    holder = RunDir(d)
+    holder.open()
+    try:
+        with pytest.raises(ReportDirError, match="another streamparity run"):
+            RunDir(d).open()
+        r = run_pytest(*SMALL, f"--report-dir={d}")
+        assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout[-2000:] + r.stderr[-2000:]
+        assert f"run {holder.run_id}" in r.stderr and "own --report-dir" in r.stderr
+    finally:
+        holder.close(complete=True)
