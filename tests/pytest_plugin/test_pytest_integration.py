@@ -149,3 +149,19 @@ def test_require_backends_turns_skips_into_failures(tmp_path):
     r = run_pytest("-m", "parity and closed_loop", "--backend", "trt-cuda-fp32", "--chunks", "0",
                    "--require-backends", "--report-dir", str(tmp_path), "-q")
     assert r.returncode == 1 and "(--require-backends)" in r.stdout
+
+
+def test_failures_past_the_first_few_are_one_line_and_write_no_bundle(stuck_len_onnx, tmp_path):
+    """A run whose every chunk fails: the first --max-chunk-failures chunks in full with bundles, the rest one
+    line each (with their repro line); the summary table names the first cause."""
+    r = run_pytest("-m", "parity and functional", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
+                   "--chunks", "0-7", "--max-chunk-failures=3", f"--report-dir={tmp_path}", "-p", "no:xdist", "-q")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    one_line = [ln for ln in r.stdout.splitlines() if "-- failing chunk" in ln and "(--max-chunk-failures)" in ln]
+    assert len(one_line) == 5 and "failing chunk 4 of 8" in one_line[0] and "repro: pytest" in one_line[0]
+    assert len(list((tmp_path / "bundles").glob("*.npz"))) == 3
+    assert "contract invariants" in r.stdout and "8 chunk(s) violate, first @chunk 0" in r.stdout
+    r = run_pytest("-m", "parity and functional", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
+                   "--chunks", "0-7", "--max-chunk-failures=3", "--all-bundles", f"--report-dir={tmp_path / 'all'}",
+                   "-p", "no:xdist", "-q")
+    assert len(list((tmp_path / "all" / "bundles").glob("*.npz"))) == 8

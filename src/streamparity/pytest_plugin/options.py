@@ -41,6 +41,16 @@ def _backend(text: str) -> BackendSpec:
     return parse_backend_spec(text, check_kind=False)  # kinds: checked in session_config, after the plugins
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not 0 <= v <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{v} must be between 0 and 1000000")
+    return v
+
+
 def _contract(text: str) -> Path:
     return contract_by_name_or_path(text)
 
@@ -73,6 +83,11 @@ def add_options(parser: pytest.Parser) -> None:
                      "provider): for CI jobs that must judge those runtimes (default: off)")
     g.addoption("--fail-on-warn", action="store_true", default=False,
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
+    g.addoption("--max-chunk-failures", metavar="N", type=_non_negative_int, default=10,
+                help="failing chunks per run (backend x mode) reported in full, with a bundle; later ones fail with "
+                     "one line and no bundle; 0: every one in full (default: 10)")
+    g.addoption("--all-bundles", action="store_true", default=False,
+                help="write a failure bundle for every failing chunk, also past --max-chunk-failures (default: off)")
     ext_options.add_options(g)
     engine_options.add_options(g)
     paired_options.add_options(g)

@@ -130,6 +130,10 @@ def chunk_summary(res: ChunkResult) -> ChunkSummary:
     return ChunkSummary.of(res, placement(res.device))
 
 
+def _fails(c: ChunkResult, fail_on_warn: bool) -> bool:
+    return c.verdict == "fail" or (fail_on_warn and c.verdict == "warn")
+
+
 def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str, chunk: int) -> None:
     """Body of every per-chunk parity test."""
     __tracebackhide__ = True
@@ -139,12 +143,26 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
     if res is None:
         pytest.fail(f"{spec.id} {mode}: chunk {chunk} was not run", pytrace=False)
     record(request, chunk_summary(res))
-    message = "\n".join(describe_chunk(res, session.contract))
-    if res.verdict == "fail" or (plugin_session(request.config).fail_on_warn and res.verdict == "warn"):
+    fail_on_warn = plugin_session(request.config).fail_on_warn
+    if _fails(res, fail_on_warn):
+        opt = request.config.option
+        selected = set(session.selected(mode))
+        failing = [c.chunk for c in run.chunks if c.chunk in selected and _fails(c, fail_on_warn)]
+        rank, limit = failing.index(chunk), int(opt.max_chunk_failures)
+        full = "\n".join(describe_chunk(res, session.contract))
+        if limit and rank >= limit:  # past the first few: one line, no bundle (unless asked)
+            if opt.all_bundles:
+                from streamparity.tools.bundles import write_bundle
+
+                write_bundle(session, res)
+            more = full.count("\n")
+            pytest.fail(f"{full.splitlines()[0]}{f' (+{more} more lines)' if more else ''} -- failing chunk "
+                        f"{rank + 1} of {len(failing)} in this run; the first {limit} are reported in full with "
+                        "bundles (--max-chunk-failures); " + _repro(request, session, spec, chunk), pytrace=False)
         from streamparity.tools.bundles import write_bundle
 
         bundle = write_bundle(session, res)
-        lines = [message, _repro(request, session, spec, chunk)]
+        lines = [full, _repro(request, session, spec, chunk)]
         if bundle is not None:
             lines.append("repro: " + shlex.join(["streamparity", "repro", str(bundle), "--backend", spec.id,
                                                   *ext_options.repro_args(spec)]))

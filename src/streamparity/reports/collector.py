@@ -12,7 +12,7 @@ import numpy as np
 
 from streamparity.atomic import atomic_write_text
 from streamparity.judging.verdict import Outcome, Verdict, label, worst
-from streamparity.results.records import SUMMARY_VERSION, overall, ChunkSummary, GateSummary, Record, StabilitySummary
+from streamparity.results.records import SUMMARY_VERSION, ChunkSummary, GateSummary, Record, StabilitySummary, overall
 
 
 @dataclass
@@ -31,6 +31,8 @@ class RunRow:
     placements: dict[str, int] = field(default_factory=dict)
     violations: list[tuple[int, str]] = field(default_factory=list)
     failed_chunks: list[int] = field(default_factory=list)
+    first_output_failure: tuple[int, str] | None = None
+    """(chunk, what) of the earliest chunk whose outputs failed their tolerance."""
     """(chunk, first message) of every chunk with contract-invariant violations or a run error."""
     gates: list[dict[str, Any]] = field(default_factory=list)
     gate_outcome: str | None = None
@@ -65,6 +67,12 @@ def _add_chunk(row: RunRow, rec: ChunkSummary, outcome: str) -> None:
     if rec.verdict == "fail" or outcome == "failed":
         row.failed += 1
         row.failed_chunks.append(k)
+        bad = [(o, m) for o, m in rec.metrics.items() if m.verdict == "fail" or (outcome == "failed" and
+               m.verdict == "warn")]
+        if bad and (row.first_output_failure is None or k < row.first_output_failure[0]):
+            o, m = bad[0]
+            row.first_output_failure = (k, f"output {o!r} {m.verdict}: max abs {m.max_abs:.3g}, {m.mismatches} of "
+                                           f"{m.numel} elements mismatched")
     elif rec.verdict == "warn":
         row.warned += 1
     else:
@@ -143,6 +151,14 @@ class SummaryCollector:
                 first_chunk, first = min(r.violations)
                 lines.append(" " * _LEFT + f"{'contract invariants':<26} {len(r.violations)} chunk(s) violate, first "
                              f"@chunk {first_chunk}: {first}")
+            if r.first_output_failure is not None:
+                k, what = r.first_output_failure
+                lines.append(" " * _LEFT + f"{'first tolerance failure':<26} @chunk {k}: {what}")
+            if r.gate_outcome == "failed":
+                failed = [f"{g.get('output')}: {name}" for g in r.gates for name, c in (g.get("checks") or {}).items()
+                          if not c.get("ok", True)]
+                which = ", ".join(failed) or "see the gate test"
+                lines.append(" " * _LEFT + f"{'run-level gates':<26} failed: {which}")
         return lines
 
     def to_json(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from streamparity.reports import plots
 from streamparity.atomic import atomic_write_text
 from streamparity.judging.verdict import Verdict, worst
+from streamparity.reports import plots
 from streamparity.results.records import overall
 
 REPORT_NAME = "report.md"
