@@ -17,6 +17,28 @@ def positive_int(text: str) -> int:
 
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number 0..1000000 (counts of chunks, rounds, steps)."""
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not 0 <= v <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{v} must be between 0 and 1000000")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} must be a finite number > 0")
+    return v
+
+
 def existing_file(text: str) -> Path:
     p = Path(text)
     if not p.is_file():

@@ -12,6 +12,7 @@ import pytest
 from streamparity.backends.base import BackendSpec
 from streamparity.backends.external import options as ext_options
 from streamparity.backends.registry import parse_backend_spec, register_backend
+from streamparity.cli.validators import non_negative_int
 from streamparity.contract.shipped import contract_by_name_or_path, contract_registry, default_contract
 from streamparity.drivers.selection import parse_chunks
 from streamparity.pytest_plugin import engine_options, paired_options
@@ -39,16 +40,6 @@ def _path(text: str) -> Path:
 
 def _backend(text: str) -> BackendSpec:
     return parse_backend_spec(text, check_kind=False)  # kinds: checked in session_config, after the plugins
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
-    if not 0 <= v <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"{v} must be between 0 and 1000000")
-    return v
 
 
 def _contract(text: str) -> Path:
@@ -83,7 +74,7 @@ def add_options(parser: pytest.Parser) -> None:
                      "provider): for CI jobs that must judge those runtimes (default: off)")
     g.addoption("--fail-on-warn", action="store_true", default=False,
                 help="treat warn verdicts (error above the contract's warn level) as failures (default: off)")
-    g.addoption("--max-chunk-failures", metavar="N", type=_non_negative_int, default=10,
+    g.addoption("--max-chunk-failures", metavar="N", type=non_negative_int, default=10,
                 help="failing chunks per run (backend x mode) reported in full, with a bundle; later ones fail with "
                      "one line and no bundle; 0: every one in full (default: 10)")
     g.addoption("--all-bundles", action="store_true", default=False,

@@ -6,12 +6,12 @@ and checks them, raising StreamparityError with one line naming the option.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from streamparity.cli.validators import non_negative_int, positive_float
 from streamparity.errors import StreamparityError
 from streamparity.judging.paired_latency import min_pairs, per_look
 
@@ -23,48 +23,28 @@ DEFAULT_WARMUP_STEPS = 20
 DEFAULT_CONFIDENCE = 0.95
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
-
-
 def add_options(group: pytest.OptionGroup) -> None:
     group.addoption("--baseline-onnx", metavar="PATH", type=lambda t: Path(t).expanduser(), default=None,
                     help="paired latency gate: the previous release's ONNX, timed against the model under test "
                          "(--onnx) in the same run, same backend, in alternating blocks (default: none; the "
                          "paired benchmark skips)")
-    group.addoption("--gate-latency-ratio", metavar="R", type=_positive_float, default=None,
+    group.addoption("--gate-latency-ratio", metavar="R", type=positive_float, default=None,
                     help="paired latency gate: fail when candidate/baseline step time exceeds R with confidence "
                          "(CI lower bound > R), pass when CI upper bound <= R, e.g. 1.10 (default: report only)")
     group.addoption("--latency-inconclusive", choices=("fail", "pass"), default="fail",
                     help="paired latency gate: verdict when the ratio's interval straddles the limit "
                          "(default: fail)")
-    group.addoption("--paired-rounds", metavar="N", type=_count, default=DEFAULT_ROUNDS,
+    group.addoption("--paired-rounds", metavar="N", type=non_negative_int, default=DEFAULT_ROUNDS,
                     help=f"paired latency gate: rounds, one candidate/baseline pair each (default: {DEFAULT_ROUNDS})")
-    group.addoption("--paired-max-rounds", metavar="N", type=_count, default=DEFAULT_MAX_ROUNDS,
+    group.addoption("--paired-max-rounds", metavar="N", type=non_negative_int, default=DEFAULT_MAX_ROUNDS,
                     help="paired latency gate: while the verdict is inconclusive, time another --paired-rounds "
                          "rounds, up to N in all; each look's interval is widened (Bonferroni over the looks) so "
                          f"the stated confidence holds for the whole run (default: {DEFAULT_MAX_ROUNDS})")
-    group.addoption("--paired-block-steps", metavar="N", type=_count, default=DEFAULT_BLOCK_STEPS,
+    group.addoption("--paired-block-steps", metavar="N", type=non_negative_int, default=DEFAULT_BLOCK_STEPS,
                     help=f"paired latency gate: steps per timed block (default: {DEFAULT_BLOCK_STEPS})")
-    group.addoption("--paired-warmup-steps", metavar="N", type=_count, default=DEFAULT_WARMUP_STEPS,
+    group.addoption("--paired-warmup-steps", metavar="N", type=non_negative_int, default=DEFAULT_WARMUP_STEPS,
                     help=f"paired latency gate: warm-up steps per model (default: {DEFAULT_WARMUP_STEPS})")
-    group.addoption("--paired-confidence", metavar="C", type=_positive_float, default=DEFAULT_CONFIDENCE,
+    group.addoption("--paired-confidence", metavar="C", type=positive_float, default=DEFAULT_CONFIDENCE,
                     help=f"paired latency gate: confidence of the ratio's interval (default: {DEFAULT_CONFIDENCE})")
 
 
