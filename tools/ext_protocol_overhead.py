@@ -1,4 +1,4 @@
-"""Measure the runtime protocol's cost per chunk (README-ext.md): round trips on the tiny model (served ONNX Runtime
+"""Measure the runtime protocol's cost per chunk (see the README): round trips on the tiny model (served ONNX Runtime
 vs in-process, and the C toy runtime) and a synthetic full-size echo (caches [1,24,256,1024] and [1,24,1024,8]
 float32 each way).
 

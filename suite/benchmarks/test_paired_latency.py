@@ -6,7 +6,7 @@ same run, same backend, same chunks, in alternating blocks; gated on the median 
 
 Statistics and verdict: streamparity.judging.paired_latency; timing loop: streamparity.drivers.paired_timing;
 options: streamparity.pytest_plugin.paired_options.  Skips without ``--baseline-onnx``.  Not a
-pytest-benchmark test (nothing is stored or compared; ``--benchmark-only`` skips it): see README-paired.md.
+pytest-benchmark test (nothing is stored or compared; ``--benchmark-only`` skips it): see the README.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 
 Each run takes the default 30 pairs of 20-step blocks (~2 s of timing), 60 or 90 while inconclusive.
 Both models are timed in the same process, alternating, so a loaded runner slows both alike (measured
-figures: README-paired.md).
+figures: the README's paired-gate section).
 """
 
 from __future__ import annotations

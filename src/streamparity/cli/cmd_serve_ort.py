@@ -1,6 +1,6 @@
 """``streamparity serve-ort --onnx=MODEL --precision=fp32``: ONNX Runtime as an out-of-process runtime.
 
-Speaks the runtime protocol (README-ext.md) on stdin/stdout, so that the suite can judge it with
+Speaks the runtime protocol (the README's runtime-protocol section) on stdin/stdout, so that the suite can judge it with
 ``--runtime=ort:fp32='streamparity serve-ort --onnx=MODEL --precision=fp32'``: the reference implementation
 of the runtime side, and the proof that a served runtime gets the verdicts of the in-process one.
 """

@@ -55,30 +55,29 @@ def _timeout(text: str) -> float:
 
 
 HELP_RUNTIME = ("out-of-process runtime to judge, repeatable: NAME:PRECISION=COMMAND; the suite starts COMMAND and "
-                "talks the runtime protocol (README-ext.md) on its stdin/stdout; backend id ext-NAME-PRECISION")
+                "talks the runtime protocol (see the README) on its stdin/stdout; backend id ext-NAME-PRECISION")
 HELP_RECORDED = ("recorded runtime outputs to judge, repeatable: NAME:PRECISION=DIR (made by `streamparity record`); "
                  "backend id rec-NAME-PRECISION")
 HELP_TIMEOUT = f"seconds a runtime may take to answer one request before it is killed (default: {DEFAULT_TIMEOUT_S:g})"
 
 
+def _declare(add: Any) -> None:
+    """Declare the options through `add`: pytest's ``group.addoption`` or argparse's ``add_argument``."""
+    add("--runtime", metavar="NAME:PRECISION=COMMAND", type=_runtime_item, action="append", default=None,
+        help=HELP_RUNTIME)
+    add("--recorded", metavar="NAME:PRECISION=PATH", type=_recorded_item, action="append", default=None,
+        help=HELP_RECORDED)
+    add("--runtime-timeout", metavar="SECONDS", type=_timeout, default=DEFAULT_TIMEOUT_S, help=HELP_TIMEOUT)
+
+
 def add_options(group: Any) -> None:
     """pytest: add the options to the plugin's option group."""
-    group.addoption("--runtime", metavar="NAME:PRECISION=COMMAND", type=_runtime_item, action="append",
-                    default=None, help=HELP_RUNTIME)
-    group.addoption("--recorded", metavar="NAME:PRECISION=PATH", type=_recorded_item, action="append",
-                    default=None, help=HELP_RECORDED)
-    group.addoption("--runtime-timeout", metavar="SECONDS", type=_timeout, default=DEFAULT_TIMEOUT_S,
-                    help=HELP_TIMEOUT)
+    _declare(group.addoption)
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """argparse (CLI commands): the same options."""
-    parser.add_argument("--runtime", metavar="NAME:PRECISION=COMMAND", type=_runtime_item, action="append",
-                        default=None, help=HELP_RUNTIME)
-    parser.add_argument("--recorded", metavar="NAME:PRECISION=PATH", type=_recorded_item, action="append",
-                        default=None, help=HELP_RECORDED)
-    parser.add_argument("--runtime-timeout", metavar="SECONDS", type=_timeout, default=DEFAULT_TIMEOUT_S,
-                        help=HELP_TIMEOUT)
+    _declare(parser.add_argument)
 
 
 def configure(runtimes: list[tuple[str, str, str]] | None, recorded: list[tuple[str, str, str]] | None,

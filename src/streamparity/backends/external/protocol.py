@@ -4,7 +4,7 @@ A frame is ``b"SPRT"`` + ``u32`` little-endian header length + a UTF-8 JSON head
 little-endian bytes of every tensor the header lists, in the order listed.  Every tensor entry is
 ``{"name", "dtype", "shape", "nbytes"}`` (dtype one of ``DTYPES``); ``payload_bytes`` is their sum, so a
 runtime may read the payload without parsing the list.  Requests carry ``"op"``; replies carry
-``"ok": true`` (or ``"ok": false, "error": "..."``).  See README-ext.md for the operations.
+``"ok": true`` (or ``"ok": false, "error": "..."``).  See the README's runtime-protocol section for the operations.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The runtime's side of the protocol for Python runtimes: a loop that reads requests from stdin and writes
 replies to stdout.  ``streamparity serve-ort`` is built on it; a runtime in another language implements the
-same frames (README-ext.md, and the C reference runtime in tests/backends/external/data)."""
+same frames (the README's runtime-protocol section, and the C reference runtime in tests/backends/external/data)."""
 
 from __future__ import annotations
 

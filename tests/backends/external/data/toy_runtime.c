@@ -1,4 +1,4 @@
-/* A reference runtime in C for the streamparity runtime protocol, version 1 (see README-ext.md).
+/* A reference runtime in C for the streamparity runtime protocol, version 1 (see the README's runtime-protocol section).
  *
  * It serves a toy stateful model whose outputs are trivially computable (toy.contract.json):
  *   outputs[b,d,t]             = audio[b,d,t] + cache_last_time[b,0,d,t] + 0.5 * sum_j cache_last_channel[b,0,j,d]
