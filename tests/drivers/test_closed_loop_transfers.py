@@ -16,10 +16,10 @@ from streamparity.contract.loading import load_contract
 from streamparity.drivers.closed_loop import run_closed_loop
 from streamparity.reference.reader import ReferenceFile
 from streamparity.results.records import RunResult
+from streamparity.tools.drift_fault import DriftBackend
 from streamparity.tools.transfers import CountedDeviceBackend, benchmark_loop_bytes, parity_loop_bytes
 from tests.backends.test_device_loop import STEP, _chunks, initial_caches, make_tiny_encoder
 from tests.conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE
-from tests.drift_fault import DriftBackend
 
 
 @pytest.mark.parametrize("pad", [False, True], ids=["fixed", "dynamic_pad"])

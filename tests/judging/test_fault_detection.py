@@ -101,7 +101,7 @@ def test_baseline_gate_compares_with_ort_at_the_same_precision():
 def test_runtime_much_worse_than_ort_fails_the_baseline_gate():
     """A runtime whose caches drift is judged against ORT FP32 on the same ONNX and found 4x+ worse."""
     from streamparity.backends.ort import OrtBackend
-    from tests.drift_fault import DriftBackend
+    from streamparity.tools.drift_fault import DriftBackend
 
     s = _session()
     spec = parse_backend_spec("drift-cpu-fp32", check_kind=False)  # the kind is registered by the -p plugin only

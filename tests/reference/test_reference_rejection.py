@@ -99,3 +99,24 @@ def test_generator_with_cache_reset_is_rejected(tmp_path):
     assert rep.offline is not None and not rep.offline.passed
     assert any("not carried over" in str(v) for v in rep.violations)
     json.dumps(rep.to_dict())
+
+
+def test_offline_coverage_is_stated_and_a_short_offline_file_rejected(tmp_path, tiny_contract):
+    """The offline comparison says how many chunks it covered and why not the others; an offline output
+    that ends chunks before the stream (another audio, a truncated file) is rejected, not compared on the
+    chunks it happens to cover (issue 12: 110 of 260)."""
+    offline = tiny_contract.resolve("offline_reference")
+    rep = check_reference(tiny_contract, ReferenceFile(TINY_REFERENCE), offline_path=offline)
+    assert rep.offline is not None and rep.offline.passed
+    assert rep.offline.compared_chunks + rep.offline.skipped_chunks == rep.chunks == rep.offline.total_chunks
+    assert rep.offline.describe().startswith(f"offline comparison covered {rep.offline.compared_chunks} of 300 chunks")
+    with np.load(offline) as z:
+        enc = z["encoded"]
+        short = tmp_path / "short.npz"
+        np.savez(short, encoded=enc[..., :150 * 2], warmup_chunks=z["warmup_chunks"])
+    rep = check_reference(tiny_contract, ReferenceFile(TINY_REFERENCE), offline_path=short)
+    assert not rep.ok and rep.offline is not None and rep.offline.beyond_end == 150
+    text = rep.summary()
+    assert "shorter than the stream" in text and "covered 110 of 300 chunks" in text and "300 frames" in text
+    r = run_cli("check-reference", str(TINY_REFERENCE), "--no-bench")
+    assert r.returncode == 0 and "offline comparison covered 260 of 300 chunks" in r.stdout, r.stdout + r.stderr

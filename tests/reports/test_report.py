@@ -36,7 +36,7 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]
 
 @pytest.fixture(scope="module")
 def drifted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any], Path]:
-    return _run(tmp_path_factory.mktemp("drift"), "-p", "tests.drift_fault", "--backend=drift-cpu-fp32")
+    return _run(tmp_path_factory.mktemp("drift"), "-p", "streamparity.tools.drift_fault", "--backend=drift-cpu-fp32")
 
 
 def _run_of(doc: dict[str, Any], backend: str) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class Figures:
     random_access_s: float
     bench: Bench | None = None
     offline: str | None = None
+    offline_coverage: str | None = None
     peak_rss_mb: float = 0.0
     start_rss_mb: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -161,6 +162,7 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
         source = "built" + (f", written to {sidecar.name}" if after is not None else " (kept in memory)")
     contract: Contract | None = None
     offline: Path | None = None
+    coverage: str | None = None
     cpath = contract_path or contract_named_in(dict(ref.header))
     notes: list[str] = []
     if cpath is not None:
@@ -186,6 +188,7 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
 
         offline = offline_for(contract, path, notes)
         report = check_reference(contract, ref, offline_path=offline)
+        coverage = report.offline.describe() if report.offline is not None else None
         if not report.ok:
             first = report.violations[0] if report.violations else None
             line = ref._entry(first.chunk).line if first is not None and first.chunk in ref._by_chunk else None
@@ -200,7 +203,8 @@ def check(path: Path, contract_path: Path | None, bench_spec: str | None) -> Fig
     figs = Figures(path=file, chunks=len(ref), first=ref.entries[0].chunk, last=last, bytes=path.stat().st_size,
                    largest_line=max(e.length for e in ref.entries), index_s=index_s, index_source=source,
                    validate_s=validate_s, contract=str(cpath) if cpath else None, random_access_s=random_s,
-                   notes=notes, start_rss_mb=base_rss, offline=str(offline) if offline else None)
+                   notes=notes, start_rss_mb=base_rss, offline=str(offline) if offline else None,
+                   offline_coverage=coverage)
     if bench_spec is not None:
         figs.bench = bench(ref, _bench_ids(ref.chunk_ids, bench_spec))
     figs.peak_rss_mb = _peak_rss_mb()
@@ -233,6 +237,7 @@ def report_lines(f: Figures) -> list[str]:
         f"  validated in {f.validate_s:.2f} s: format, dtypes, shapes, base64, no NaN/Inf"
         + (f", contract invariants and cache chaining ({f.contract})" if f.contract else "")
         + (f", offline reference ({f.offline})" if f.offline else ""),
+        *([f"  {f.offline_coverage}"] if f.offline_coverage else []),
         f"  random access: chunk {f.last} (the last) in {f.random_access_s * 1e3:.1f} ms with a fresh reader, "
         "without parsing earlier chunks",
     ]

@@ -79,8 +79,12 @@ class StabilityResult:
     p99_limit: float
     nonfinite_chunks: list[int] = field(default_factory=list)
     verdict: StabilityVerdict = "pass"
+    """pass or fail: a trend inside the contract's limits is a note, not a warning (the type keeps warn for
+    records written by other versions)."""
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    fit_from: int = -1
+    """first chunk of the trend fit and the windows (later than ``first_chunk`` while the cache filled)."""
 
     @property
     def failed(self) -> bool:
@@ -89,7 +93,8 @@ class StabilityResult:
     @property
     def growth_over_run(self) -> float:
         """Fitted change of the error from the first to the last chunk."""
-        return self.slope * (self.last_chunk - self.first_chunk) if np.isfinite(self.slope) else float("nan")
+        start = self.fit_from if self.fit_from >= 0 else self.first_chunk
+        return self.slope * (self.last_chunk - start) if np.isfinite(self.slope) else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,7 +115,8 @@ class StabilityResult:
                  f"({self.first_chunk}..{self.last_chunk}{extra})" if extra else
                  f"{head}stability {self.verdict.upper()} over {self.n} chunks ({self.first_chunk}..{self.last_chunk})"]
         lines += [f"  reason: {r}" for r in self.reasons]
-        lines.append(f"  trend: slope {self.slope:.3g} ± {self.stderr:.2g} per chunk (t = {_fmt_t(self.t)}), "
+        fitted = f" (fitted on chunks {self.fit_from}..{self.last_chunk})" if self.fit_from > self.first_chunk else ""
+        lines.append(f"  trend{fitted}: slope {self.slope:.3g} ± {self.stderr:.2g} per chunk (t = {_fmt_t(self.t)}), "
                      f"limit {self.slope_limit:.3g} at {self.sigma:g} sigma; fitted growth over the run "
                      f"{self.growth_over_run:.3g}; lag-1 autocorrelation {self.lag1_autocorr:.2f}, "
                      f"effective n {self.n_eff:.0f}")
@@ -202,7 +208,7 @@ def _window(x: np.ndarray, y: np.ndarray) -> WindowStats:
 
 
 def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
-            chunks: Sequence[int] | None = None) -> StabilityResult:
+            chunks: Sequence[int] | None = None, settle_from: int = 0, settle_reason: str = "") -> StabilityResult:
     """Judge one per-chunk error series (``max_abs`` per chunk, in chunk order).
 
     ``chunks`` gives the chunk index of every value (default ``0..n-1``); the trend is fitted against it,
@@ -216,6 +222,11 @@ def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
 
     Windows: the first and last ``gate.window`` points; a series shorter than ``2 * window`` is split into
     halves (noted in the result).  Fewer than 3 points cannot carry a trend: only the bounds are judged.
+
+    Settling: points before chunk ``settle_from`` (the chunks in which the attention cache is still filling,
+    see :func:`cache_fill_chunks`) are left out of the trend and the windows, because their error rises with
+    the context the model sees, not with any corruption; ``settle_reason`` says why in the result's notes.
+    They still count for the max and P99 bounds.
     """
     y_all = np.asarray(list(series), dtype=np.float64).reshape(-1)
     x_all = (np.arange(y_all.size, dtype=np.float64) if chunks is None
@@ -229,18 +240,25 @@ def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
     nonfinite_chunks = [int(c) for c in x_all[~finite]]
     x, y = x_all[finite], y_all[finite]
     n = int(y.size)
+    bounds_y = y
+    notes: list[str] = []
+    settled = x >= settle_from
+    if settle_from > 0 and n and not settled.all():
+        left = int((~settled).sum())
+        notes.append(f"{left} point(s) before chunk {settle_from} are left out of the trend and the windows"
+                     + (f" ({settle_reason})" if settle_reason else "") + "; they still count for max and P99")
+        x, y = x[settled], y[settled]
     limit = slope_limit(gate, tol)
     p99_limit = tol.p99_max_abs if tol.p99_max_abs is not None else tol.atol
     floor = gate.early_floor_fraction * tol.atol
     reasons_fail: list[str] = []
-    reasons_warn: list[str] = []
-    notes: list[str] = []
 
+    n_fit = int(y.size)
     slope, intercept, stderr_ols = fit_trend(x, y)
     r1, n_eff = _autocorrelation(x, y, slope, intercept)
     stderr = stderr_ols
-    if n >= MIN_FIT_POINTS and np.isfinite(stderr_ols) and n_eff < n:
-        stderr = stderr_ols * float(np.sqrt((n - 2) / (n_eff - 2))) if n_eff > 2 else float("inf")
+    if n_fit >= MIN_FIT_POINTS and np.isfinite(stderr_ols) and n_eff < n:
+        stderr = stderr_ols * float(np.sqrt((n_fit - 2) / (n_eff - 2))) if n_eff > 2 else float("inf")
     if stderr == 0.0:
         t = 0.0 if slope == 0.0 else float(np.copysign(np.inf, slope))
         t_excess = 0.0 if slope == limit else float(np.copysign(np.inf, slope - limit))
@@ -249,7 +267,7 @@ def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
     else:
         t = t_excess = float("nan")
 
-    w = min(gate.window, n // 2) if n >= 2 else 0
+    w = min(gate.window, n_fit // 2) if n_fit >= 2 else 0
     early = _window(x[:w], y[:w]) if w else None
     late = _window(x[-w:], y[-w:]) if w else None
     ratio = late.mean / max(early.mean, floor) if early and late and max(early.mean, floor) > 0 else float("nan")
@@ -257,49 +275,48 @@ def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
     if nonfinite_chunks:
         shown = ", ".join(map(str, nonfinite_chunks[:10])) + (" ..." if len(nonfinite_chunks) > 10 else "")
         reasons_fail.append(f"non-finite error at {len(nonfinite_chunks)} chunk(s): {shown}")
-    if n < MIN_FIT_POINTS:
-        notes.append(f"only {n} finite point(s): too few for a trend, only the bounds were judged")
+    if n_fit < MIN_FIT_POINTS:
+        notes.append(f"only {n_fit} point(s) to fit: too few for a trend, only the bounds were judged")
     else:
-        if n < 2 * gate.window:
-            notes.append(f"{n} points < 2 x window {gate.window}: early/late windows are the two halves ({w} each)")
+        if n_fit < 2 * gate.window:
+            notes.append(f"{n_fit} points < 2 x window {gate.window}: early/late windows are the two halves "
+                         f"({w} each)")
         if t_excess > gate.slope_sigma:  # NaN (no uncertainty estimate) never fails
             reasons_fail.append(
                 f"error grows by {slope:.3g} ± {stderr:.2g} per chunk, significantly above the limit {limit:.3g} "
                 f"({_fmt_t(t_excess)} > {gate.slope_sigma:g} standard errors above it)")
-        elif t > gate.slope_sigma and float(np.max(y)) <= floor:
-            notes.append(f"a significant but tiny trend ({slope:.3g} per chunk, t = {_fmt_t(t)}) on errors that "
-                         f"stay below {floor:.3g} ({gate.early_floor_fraction:g} x atol): not a warning")
         elif t > gate.slope_sigma:
-            reasons_warn.append(
-                f"error grows significantly ({slope:.3g} ± {stderr:.2g} per chunk, t = {_fmt_t(t)}) but not "
-                f"significantly above the limit {limit:.3g}")
+            notes.append(f"a trend of {slope:.3g} ± {stderr:.2g} per chunk (t = {_fmt_t(t)}) that is not "
+                         f"significantly above the limit {limit:.3g}: within the contract")
         if np.isfinite(ratio) and ratio > gate.max_late_early_ratio:
             assert early is not None and late is not None
             reasons_fail.append(
                 f"late-window mean {late.mean:.3g} (chunks {late.first_chunk}..{late.last_chunk}) is {ratio:.3g}x the "
                 f"early-window mean {early.mean:.3g} (floored at {floor:.3g}; chunks {early.first_chunk}.."
                 f"{early.last_chunk}), limit {gate.max_late_early_ratio:g}x")
-    max_abs = float(y.max()) if n else float("nan")
-    worst_chunk = int(x[int(np.argmax(y))]) if n else -1
-    p99 = float(np.percentile(y, 99)) if n else float("nan")
-    mean = float(y.mean()) if n else float("nan")
+    x_b = x_all[finite]
+    max_abs = float(bounds_y.max()) if n else float("nan")
+    worst_chunk = int(x_b[int(np.argmax(bounds_y))]) if n else -1
+    p99 = float(np.percentile(bounds_y, 99)) if n else float("nan")
+    mean = float(bounds_y.mean()) if n else float("nan")
     if n and max_abs > tol.atol:
         reasons_fail.append(f"max error {max_abs:.3g} at chunk {worst_chunk} exceeds atol {tol.atol:.3g}")
     if n and p99 > p99_limit:
         reasons_fail.append(f"P99 error {p99:.3g} exceeds its limit {p99_limit:.3g}")
-    verdict: StabilityVerdict = "fail" if reasons_fail else ("warn" if reasons_warn else "pass")
+    verdict: StabilityVerdict = "fail" if reasons_fail else "pass"
     return StabilityResult(
-        n=n, first_chunk=int(x[0]) if n else -1, last_chunk=int(x[-1]) if n else -1,
+        n=n, first_chunk=int(x_b[0]) if n else -1, last_chunk=int(x_b[-1]) if n else -1,
         slope=slope, intercept=intercept, stderr=stderr, stderr_ols=stderr_ols,
         lag1_autocorr=r1, n_eff=n_eff, t=t, t_excess=t_excess, slope_limit=limit,
         sigma=gate.slope_sigma, window=w, early=early, late=late, early_floor=floor, ratio=ratio,
         ratio_limit=gate.max_late_early_ratio, max_abs=max_abs, worst_chunk=worst_chunk, p99=p99, mean=mean,
         max_limit=tol.atol, p99_limit=p99_limit, nonfinite_chunks=nonfinite_chunks, verdict=verdict,
-        reasons=reasons_fail + reasons_warn, notes=notes,
+        reasons=reasons_fail, notes=notes, fit_from=int(x[0]) if x.size else -1,
     )
 
 
-__all__ = ["StabilityResult", "WindowStats", "analyze", "fit_trend", "slope_limit"]
+__all__ = ["RunStability", "StabilityResult", "WindowStats", "analyze", "cache_fill_chunks", "fit_trend",
+           "judge_run_stability", "slope_limit"]
 
 
 @dataclass
@@ -352,10 +369,25 @@ class RunStability:
         return lines
 
 
+def cache_fill_chunks(contract: Contract) -> int:
+    """How many chunks of an unbroken stream start with the attention (channel) cache not yet full: by the
+    contract's cache-length rule, chunk k reads ``min(initial + k * step, max)`` cached frames, so the first
+    chunk that sees a full cache is ``ceil((max - initial) / step)`` (0 when the cache starts full or never
+    grows).  Until then each chunk attends to more context than the one before, and its error rises with it."""
+    rule = contract.streaming.cache_len
+    if rule.step <= 0 or rule.initial >= rule.max:
+        return 0
+    return -(-(rule.max - rule.initial) // rule.step)
+
+
 def judge_run_stability(contract: Contract, backend: str, precision: str, chunks: Sequence[ChunkResult]
                         ) -> RunStability:
-    """Judge every compared output's per-chunk max |error| series of a closed-loop run."""
+    """Judge every compared output's per-chunk max |error| series of a closed-loop run (the trend from the
+    first chunk that sees a full attention cache, see :func:`cache_fill_chunks`)."""
     gate = contract.gates.stability
+    fill = cache_fill_chunks(contract)
+    why = (f"the attention cache is still filling: {contract.streaming.cache_len.max} frames are cached from "
+           f"chunk {fill} on")
     run = RunStability(backend, precision, gate_reason=gate.reason or "",
                        cache_len={c.chunk: c.cache_len_out[0] for c in chunks if c.cache_len_out})
     run.errored = [(c.chunk, c.error) for c in chunks if c.error]
@@ -366,7 +398,8 @@ def judge_run_stability(contract: Contract, backend: str, precision: str, chunks
         if not pts:
             continue
         tol = contract.tolerance(name, precision)
-        run.results[name] = analyze([v for _, v in pts], gate, tol, chunks=[k for k, _ in pts])
+        run.results[name] = analyze([v for _, v in pts], gate, tol, chunks=[k for k, _ in pts],
+                                    settle_from=fill, settle_reason=why)
         run.series[name] = pts
         run.limits[name] = (tol.atol, tol.warn_atol)
     return run

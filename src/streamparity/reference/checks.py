@@ -32,6 +32,32 @@ class OfflineCheck:
     worst_chunk: int
     atol: float
     passed: bool
+    total_chunks: int = 0
+    """chunks of the stream; compared + skipped (warm-up) + beyond_end = total."""
+    beyond_end: int = 0
+    """chunks past the end of the offline output: none can be compared (more than one rejects the offline file)."""
+    offline_frames: int = 0
+    stream_frames: int = 0
+
+    def coverage(self) -> str:
+        """How many chunks the comparison covered and why the others were not, in one line."""
+        why = [f"{self.skipped_chunks} warm-up chunk(s), gates.offline_warmup_chunks"] if self.skipped_chunks else []
+        if self.beyond_end:
+            why.append(f"{self.beyond_end} chunk(s) past the end of the offline output ({self.offline_frames} "
+                       f"frames, the stream has {self.stream_frames})")
+        return (f"offline comparison covered {self.compared_chunks} of {self.total_chunks} chunks"
+                + (f" (left out: {'; '.join(why)})" if why else ""))
+
+    def describe(self) -> str:
+        if self.passed:
+            return f"{self.coverage()}: max abs {self.max_abs:.3g} at chunk {self.worst_chunk} <= {self.atol:g}"
+        if self.beyond_end > 1:
+            return (f"the offline reference is shorter than the stream: {self.coverage()}; an offline output of "
+                    "the same audio covers every chunk (is it the companion of another reference?)")
+        if self.compared_chunks == 0:
+            return f"{self.coverage()}: nothing to compare"
+        return (f"streaming outputs differ from the offline reference: max abs {self.max_abs:.3g} at chunk "
+                f"{self.worst_chunk} > {self.atol:g} ({self.coverage()})")
 
 
 @dataclass
@@ -57,10 +83,7 @@ class ReferenceReport:
         if len(self.violations) > limit:
             lines.append(f"  ... and {len(self.violations) - limit} more violations")
         if self.offline is not None and not self.offline.passed:
-            o = self.offline
-            lines.append(f"  streaming outputs differ from the offline reference: max abs {o.max_abs:.3g} at chunk "
-                         f"{o.worst_chunk} > {o.atol:g} (over {o.compared_chunks} chunks after {o.skipped_chunks} "
-                         "warm-up chunks)")
+            lines.append(f"  {self.offline.describe()}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,7 +93,7 @@ class ReferenceReport:
             "functional_chunks": len(self.functional_chunks),
             "violations": [str(v) for v in self.violations],
             "format_error": self.format_error,
-            "offline": None if self.offline is None else vars(self.offline),
+            "offline": None if self.offline is None else {**vars(self.offline), "coverage": self.offline.coverage()},
             "ok": self.ok,
         }
 
@@ -162,22 +185,28 @@ def compare_offline(contract: Contract, encoded: list[np.ndarray], offline: np.n
     """The comparison itself, on arrays (the generator runs it before writing the offline file)."""
     skip = contract.gates.offline_warmup_chunks
     atol = contract.gates.offline_atol if contract.gates.offline_atol is not None else 1e-4
+    total = len(encoded)
     if not encoded:
-        return OfflineCheck(0, skip, float("inf"), -1, atol, False)
+        return OfflineCheck(0, 0, float("inf"), -1, atol, False)
     t = encoded[0].shape[-1]
-    worst_abs, worst_chunk, n = 0.0, -1, 0
+    frames = int(offline.shape[-1])
+    worst_abs, worst_chunk, n, beyond = 0.0, -1, 0, 0
     for k, enc in enumerate(encoded):
         if k < skip:
             continue
         lo = k * t
-        if lo + t > offline.shape[-1]:
+        if lo + t > frames:
+            beyond = total - k
             break
         d = np.abs(offline[..., lo:lo + t].astype(np.float64) - enc)
         m = float(d.max()) if np.all(np.isfinite(d)) else float("inf")
         n += 1
         if m > worst_abs or not np.isfinite(m):
             worst_abs, worst_chunk = m, k
-    return OfflineCheck(n, skip, worst_abs, worst_chunk, atol, n > 0 and worst_abs <= atol)
+    # the offline encoder may end a partial chunk early; a whole chunk missing means another audio
+    passed = n > 0 and worst_abs <= atol and beyond <= 1
+    return OfflineCheck(n, min(skip, total), worst_abs, worst_chunk, atol, passed, total_chunks=total,
+                        beyond_end=beyond, offline_frames=frames, stream_frames=total * t)
 
 
 def require_valid(contract: Contract, ref: ReferenceFile, *, offline_path: Path | None = None) -> ReferenceReport:

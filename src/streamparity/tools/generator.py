@@ -363,11 +363,11 @@ def _write_checked_offline(c: Contract, encoder: Any, feats: Any, stream_out: li
         raise GeneratorError(
             f"generator error: the offline companion (features left-padded by {pad} frames) differs from the "
             f"streaming reference by {chk.max_abs:.3g} at chunk {chk.worst_chunk} > offline_atol {chk.atol:g} "
-            f"(over {chk.compared_chunks} chunks after {chk.skipped_chunks} warm-up chunks); offline.npz not written",
+            f"({chk.coverage()}); offline.npz not written",
             file=str(path), chunk=chk.worst_chunk if chk.worst_chunk >= 0 else None, field="gates.offline_atol")
     write_offline(path, full, warmup_chunks=c.gates.offline_warmup_chunks, left_pad=pad)
-    log(f"offline companion matches the stream to {chk.max_abs:.3g} over {chk.compared_chunks} chunks after "
-        f"{chk.skipped_chunks} warm-up chunks (features left-padded by {pad} frames)")
+    log(f"offline companion matches the stream to {chk.max_abs:.3g}: {chk.coverage()} (features left-padded by "
+        f"{pad} frames)")
     return path
 
 

@@ -1,4 +1,4 @@
-"""Fault injector for the stability tests: a slow, growing drift of the attention cache.
+"""Fault injector that proves a stability gate: a slow, growing drift of the attention cache.
 
 A backend wrapper, not a runtime: it runs the real ONNX Runtime FP32 backend and, after every call, adds
 ``rate * calls * pattern`` to the ``cache_channel`` output (``pattern``: a fixed seeded random tensor with
@@ -11,13 +11,15 @@ offsets or gains saturate.)
 Used two ways:
 
 * in-process: ``DriftBackend(inner, rate)`` around any backend;
-* as a pytest plugin (``-p tests.drift_fault``, run from the repository root): registers the backend kind
-  ``drift`` so that ``--backend drift-cpu-fp32`` runs the real parity and stability tests on it; the rate
-  comes from ``STREAMPARITY_DRIFT_RATE`` (default :data:`DEFAULT_RATE`).
+* as a pytest plugin (``-p streamparity.tools.drift_fault``, with plain ``pytest`` or ``python -m pytest``,
+  from any folder): registers the backend kind ``drift`` so that ``--backend=drift-cpu-fp32`` runs the real
+  parity and stability tests on it, for the embedded model or your own contract; the rate comes from
+  ``STREAMPARITY_DRIFT_RATE`` (default :data:`DEFAULT_RATE`, sized for the embedded model).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 
 from streamparity.backends.base import Backend, BackendSpec
 from streamparity.contract.model import ROLE_CACHE_CHANNEL, Contract
+from streamparity.errors import StreamparityError
 
 DEFAULT_RATE = 5e-7
 """Per-chunk growth of the cache offset: on the tiny model the encoder error grows ~2.8e-7 per chunk and stays
@@ -76,9 +79,23 @@ def _factory(spec: BackendSpec, contract: Contract, onnx: Path, opts: dict[str, 
 
     inner = OrtBackend(contract, onnx, precision=spec.precision, device=spec.device,
                        cache_dir=opts.get("engine_dir"))
-    return DriftBackend(inner, float(os.environ.get("STREAMPARITY_DRIFT_RATE", DEFAULT_RATE)))
+    return DriftBackend(inner, drift_rate(os.environ.get("STREAMPARITY_DRIFT_RATE")))
+
+
+def drift_rate(text: str | None) -> float:
+    """The drift per chunk from ``$STREAMPARITY_DRIFT_RATE`` (unset: :data:`DEFAULT_RATE`): a finite number >= 0."""
+    if text is None or not text.strip():
+        return DEFAULT_RATE
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float("nan")
+    if not math.isfinite(rate) or rate < 0:
+        raise StreamparityError(f"$STREAMPARITY_DRIFT_RATE: {text[:40]!r} is not a finite number >= 0 "
+                                f"(the cache drift per chunk, default {DEFAULT_RATE:g})")
+    return rate
 
 
 def pytest_streamparity_backends(register: Any) -> None:
-    """Loaded with ``-p tests.drift_fault``: the plugin hook adds the ``drift`` kind (``--backend drift-cpu-fp32``)."""
+    """Loaded with ``-p streamparity.tools.drift_fault``: adds the ``drift`` kind (``--backend=drift-cpu-fp32``)."""
     register("drift", _factory)
