@@ -69,7 +69,7 @@ def _module_version(dist: str) -> str | None:
     if name is None:
         return None
     mod = sys.modules.get(name)
-    if mod is None and dist in ("numpy", "onnx", "onnxruntime"):
+    if mod is None and dist in ("numpy", "onnxruntime"):  # onnx: its metadata (importing it costs ~0.7 s)
         try:
             mod = importlib.import_module(name)
         except Exception:

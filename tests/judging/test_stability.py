@@ -20,7 +20,8 @@ from streamparity.session import ParitySession, SessionConfig
 from streamparity.tools.drift_fault import DEFAULT_RATE, DriftBackend
 
 REPO = Path(__file__).resolve().parents[2]
-GATE = StabilityGate(max_slope_per_chunk=1e-7, slope_sigma=3.0, max_late_early_ratio=3.0, window=50)
+GATE = StabilityGate(max_slope_per_chunk=1e-7, slope_sigma=3.0, max_late_early_ratio=3.0, window=50,
+                     max_slope_fraction_of_atol=None)  # the absolute limit only
 TOL = Tolerance(atol=1e-4, rtol=1e-4, reason="test", warn_atol=2e-5, p99_max_abs=5e-5)
 
 

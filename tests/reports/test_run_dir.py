@@ -35,7 +35,8 @@ def test_an_earlier_runs_files_are_removed_and_the_new_summary_names_its_run(tmp
     (d / "bundles").mkdir(parents=True)
     (d / "summary.json").write_text('{"verdict": "PASS", "stale": true}')
     (d / "report.md").write_text("stale")
-    (d / "error_old-backend_closed_loop.png").write_bytes(b"")
+    (d / "error_old-backend_closed_loop.png").write_bytes(b"")  # an older version's figure
+    (d / "error_old-backend_functional.svg").write_text("<svg/>")
     (d / "bundles" / "old-backend-closed_loop-chunk007.npz").write_bytes(b"")
     (d / "bundles" / ".x.npz.123.tmp").write_bytes(b"")
     (d / ".summary.json.abc.tmp").write_bytes(b"")
@@ -48,6 +49,7 @@ def test_an_earlier_runs_files_are_removed_and_the_new_summary_names_its_run(tmp
     assert summary["run"]["id"] == run["id"] and run["complete"] is True and "finished" in run
     assert run["id"] in (d / "report.md").read_text()
     assert not list((d / "bundles").iterdir()) and not (d / "error_old-backend_closed_loop.png").exists()
+    assert not (d / "error_old-backend_functional.svg").exists()
     assert not list(d.glob(".*.tmp")) and (d / "notes.txt").read_text() == "the user's own file"
 
 

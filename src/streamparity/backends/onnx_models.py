@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streamparity.errors import ModelMismatch
+from streamparity.onnx_wire import WireError, external_locations
 
 EXTERNAL_DATA_ABOVE = 1 << 30
 """FP16 copies larger than this (bytes of tensor data) are written with their tensors in a separate file."""
@@ -45,8 +46,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest
 
 
-def _tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+def _proto_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a loaded ``onnx`` graph: initializers and tensor attributes, subgraphs included."""
     yield from graph.initializer
     for node in graph.node:
         for a in node.attribute:
@@ -54,9 +55,9 @@ def _tensors(graph: Any) -> Iterator[Any]:
                 yield a.t
             yield from a.tensors
             if a.HasField("g"):
-                yield from _tensors(a.g)
+                yield from _proto_tensors(a.g)
             for g in a.graphs:
-                yield from _tensors(g)
+                yield from _proto_tensors(g)
 
 
 def external_data_files(path: Path) -> list[Path]:
@@ -64,17 +65,9 @@ def external_data_files(path: Path) -> list[Path]:
     that is not a readable ONNX model (whoever loads it reports that).  A referenced file that is missing
     raises ModelMismatch naming it."""
     try:
-        import onnx
-    except ImportError:  # pragma: no cover - dependency
+        locations = external_locations(path)
+    except (OSError, WireError):  # not ONNX, truncated, ...: not this function's verdict
         return []
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX, truncated, ...: not this function's verdict
-        return []
-    locations: set[str] = set()
-    for t in _tensors(model.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            locations.update(kv.value for kv in t.external_data if kv.key == "location")
     files = sorted(Path(path).parent / loc for loc in locations)
     missing = [f for f in files if not f.is_file()]
     if missing:
@@ -139,7 +132,7 @@ def fp16_variant(onnx_path: Path, cache_dir: Path, *, op_block_list: Sequence[st
         why = str(e).splitlines()[0][:300] if str(e) else "no message"
         raise ModelMismatch(f"cannot make the FP16 copy of the model ({type(e).__name__}: {why})",
                             file=str(onnx_path)) from None
-    data_bytes = sum(t.ByteSize() for t in _tensors(m16.graph))
+    data_bytes = sum(t.ByteSize() for t in _proto_tensors(m16.graph))
     tmp_graph = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         if data_bytes > EXTERNAL_DATA_ABOVE:

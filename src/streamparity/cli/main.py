@@ -1,4 +1,4 @@
-"""Console script ``streamparity``: make-reference, check-reference, repro, bisect."""
+"""Console script ``streamparity``: one subcommand per ``cmd_*`` module (``streamparity --help`` lists them)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,6 @@ COMMAND_MODULES = (
     "streamparity.cli.cmd_build_engine",
     "streamparity.cli.cmd_calibrate",
 )
-
-
-
-
-
-
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,7 +108,10 @@ class StabilityGate:
     window: int = 50
     reason: str = ""
     early_floor_fraction: float = 0.01
-    max_slope_fraction_of_atol: float | None = None
+    max_slope_fraction_of_atol: float | None = 1e-3
+    """The slope limit at a precision is ``max(max_slope_per_chunk, this x atol)``: FP16's rounding noise is
+    ~100x FP32's, and a staircase step of its sliding-max cache error is a "significant" slope far above an
+    FP32-sized limit.  1e-3 x atol lets an error grow by 30% of atol over 300 chunks; ``null``: absolute only."""
 
 
 @dataclass(frozen=True)

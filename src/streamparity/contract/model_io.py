@@ -7,6 +7,7 @@ from typing import Any
 
 from streamparity.contract.model import ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, Contract, TensorSpec
 from streamparity.errors import ModelMismatch
+from streamparity.onnx_wire import ValueInfo, WireError, read_io
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -61,7 +62,7 @@ def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outpu
                 raise ModelMismatch(f"model has no {section[:-1]} {spec.name!r} (model {section}: "
                                     f"{', '.join(got)})", file=file, field=f"{section}.{spec.name}")
             node = got[spec.name]
-            dtype = _ORT_DTYPES.get(node.type, node.type)
+            dtype = _ORT_DTYPES.get(node.type, node.type)  # ORT's NodeArg and ValueInfo both spell tensor(float)
             if dtype != spec.dtype:
                 raise ModelMismatch(f"{spec.name} is {dtype} in the model, {spec.dtype} in the contract",
                                     file=file, field=f"{section}.{spec.name}")
@@ -84,32 +85,16 @@ def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outpu
                                             field=f"{section}.{spec.name}")
 
 
-class OnnxTensor:
-    """One graph input or output as ONNX declares it: ``type`` like ORT's ``tensor(float)``, dims int or symbol."""
-
-    def __init__(self, vi: Any) -> None:
-        t = vi.type.tensor_type
-        self.name: str = vi.name
-        self.type = f"tensor({_ONNX_ELEM.get(t.elem_type, str(t.elem_type))})"
-        self.dtype = _ORT_DTYPES.get(self.type, self.type)
-        self.shape: list[Any] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                 for d in t.shape.dim]
-
-
-def read_onnx_io(path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+def read_onnx_io(path: Path) -> tuple[list[ValueInfo], list[ValueInfo]]:
     """The graph's inputs (initializers excluded) and outputs, without loading weights."""
     try:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
+        inputs, outputs = read_io(path)
+    except (OSError, WireError) as e:
         raise ModelMismatch(f"not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                             file=str(path)) from None
-    if not model.graph.input and not model.graph.output:
+    if not inputs and not outputs:
         raise ModelMismatch("not an ONNX model (the graph has no inputs or outputs)", file=str(path))
-    inits = {i.name for i in model.graph.initializer}
-    return ([OnnxTensor(v) for v in model.graph.input if v.name not in inits],
-            [OnnxTensor(v) for v in model.graph.output])
+    return inputs, outputs
 
 
 def check_onnx_file(contract: Contract, path: Path) -> None:
@@ -118,4 +103,3 @@ def check_onnx_file(contract: Contract, path: Path) -> None:
     check_model_io(contract, path, inputs, outputs)
 
 
-_ONNX_ELEM = {1: "float", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "double"}

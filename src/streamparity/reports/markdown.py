@@ -130,7 +130,7 @@ def _gates_section(doc: Mapping[str, Any]) -> list[str]:
                                               rows), ""]
 
 
-def _stability_section(doc: Mapping[str, Any], pngs: Mapping[str, Path], report_dir: Path) -> list[str]:
+def _stability_section(doc: Mapping[str, Any], figures: Mapping[str, Path], report_dir: Path) -> list[str]:
     lines = ["## Stability", ""]
     rows = []
     reasons: list[str] = []
@@ -159,16 +159,16 @@ def _stability_section(doc: Mapping[str, Any], pngs: Mapping[str, Path], report_
         st = r.get("stability") or {}
         gate_reason = gate_reason or next((v.get("reason", "") for v in st.values() if isinstance(v, dict)
                                            and v.get("reason")), "")
-    figs = [(k, p) for k, p in pngs.items() if k != "cache_len"]
+    figs = [(k, p) for k, p in figures.items() if k != "cache_len"]
     if figs:
         lines += ["### Error vs chunk", "",
                   "Per-chunk max |error| (log scale) with the contract's atol (fail, red dashed) and warn level "
                   "(orange dotted) and the fitted trend (black).", ""]
         for key, p in figs:
             lines += [f"![{key}]({_rel(p, report_dir)})", ""]
-    if "cache_len" in pngs:
+    if "cache_len" in figures:
         lines += ["### Cache length", "", "Cache length out per chunk of every closed loop; the dashed line is the "
-                  "contract's rule.", "", f"![cache length]({_rel(pngs['cache_len'], report_dir)})", ""]
+                  "contract's rule.", "", f"![cache length]({_rel(figures['cache_len'], report_dir)})", ""]
     return lines
 
 
@@ -250,7 +250,7 @@ def _environment_section(doc: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def render(doc: Mapping[str, Any], pngs: Mapping[str, Path], report_dir: Path) -> str:
+def render(doc: Mapping[str, Any], figures: Mapping[str, Path], report_dir: Path) -> str:
     name = doc.get("contract_name") or Path(str(doc.get("contract", "streamparity"))).stem
     run = doc.get("run") or {}
     lines = [f"# streamparity report: {name}", "", f"**Overall: {_overall(doc)}**", "",
@@ -259,7 +259,7 @@ def render(doc: Mapping[str, Any], pngs: Mapping[str, Path], report_dir: Path) -
              "`--junitxml` (property `streamparity` holds each test's payload).", ""]
     lines += _verdict_section(doc)
     lines += _gates_section(doc)
-    lines += _stability_section(doc, pngs, report_dir)
+    lines += _stability_section(doc, figures, report_dir)
     lines += _latency_section(doc)
     lines += _known_issues_section(doc)
     lines += _environment_section(doc)
@@ -267,13 +267,13 @@ def render(doc: Mapping[str, Any], pngs: Mapping[str, Path], report_dir: Path) -
 
 
 def write_markdown_report(doc: dict[str, Any], report_dir: Path) -> list[Path]:
-    """Write the PNG plots and ``report.md`` into `report_dir`; return the files written."""
+    """Write the SVG figures and ``report.md`` into `report_dir`; return the files written."""
     report_dir.mkdir(parents=True, exist_ok=True)
     tols, expected = _contract_info(doc)
-    pngs = plots.write_plots(doc, report_dir, tolerances=tols, expected_cache_len=expected)
+    figures = plots.write_plots(doc, report_dir, tolerances=tols, expected_cache_len=expected)
     path = report_dir / REPORT_NAME
-    atomic_write_text(path, render(doc, pngs, report_dir))
-    return [*pngs.values(), path]
+    atomic_write_text(path, render(doc, figures, report_dir))
+    return [*figures.values(), path]
 
 
 __all__ = ["REPORT_NAME", "output_verdict", "render", "write_markdown_report"]

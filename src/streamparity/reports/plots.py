@@ -1,13 +1,13 @@
-"""Plots for the report (matplotlib, headless Agg): error vs chunk per backend and output, cache length.
+"""Figures for the report (SVG, :mod:`streamparity.reports.svg`): error vs chunk per backend and output, cache
+length.
 
 Input: the summary document of :meth:`streamparity.report.SummaryCollector.to_json`
 (``runs[].outputs[out].series``, ``runs[].stability[out]``, ``runs[].cache_len``).  Every function
-returns the PNG files it wrote; writes are atomic.
+returns the files it wrote; writes are atomic.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,20 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from streamparity.atomic import atomic_write_bytes
+from streamparity.atomic import atomic_write_text
 from streamparity.judging.stability import fit_trend
+from streamparity.reports.svg import Chart, Panel, Series
 
-COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
-
-
-def _figure(**kw: Any) -> Any:
-    """A bare Agg figure: no pyplot (its import, global figure list and backend switch cost without use)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kw)
-    FigureCanvasAgg(fig)
-    return fig
+COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+POINTS, FAIL, WARN, TREND = "#1f77b4", "#d62728", "#ff7f0e", "#000000"
 
 
 def safe_name(text: str) -> str:
@@ -36,10 +28,10 @@ def safe_name(text: str) -> str:
 
 
 def error_plot_name(backend: str, mode: str) -> str:
-    return f"error_{safe_name(backend)}_{safe_name(mode)}.png"
+    return f"error_{safe_name(backend)}_{safe_name(mode)}.svg"
 
 
-CACHE_LEN_PLOT = "cache_len.png"
+CACHE_LEN_PLOT = "cache_len.svg"
 
 
 def run_series(run: Mapping[str, Any], output: str) -> tuple[list[int], list[float]]:
@@ -57,11 +49,8 @@ def run_outputs(run: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    # one draw only (no tight_layout pass: the margins are fixed by _fixed_layout); fast zlib level
-    fig.savefig(buf, format="png", dpi=100, pil_kwargs={"compress_level": 1})
-    atomic_write_bytes(path, buf.getvalue())
+def _save(chart: Chart, path: Path) -> Path:
+    atomic_write_text(path, chart.render())
     return path
 
 
@@ -74,98 +63,67 @@ def _tolerances(run: Mapping[str, Any], output: str, tolerances: Mapping[str, Ma
     return (float(atol) if atol is not None else None, float(warn) if warn is not None else None)
 
 
-def _trend(run: Mapping[str, Any], output: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
+def _trend(run: Mapping[str, Any], output: str, x: np.ndarray, y: np.ndarray
+           ) -> tuple[float, float, float, float] | None:
+    """(slope, intercept, stderr, first chunk of the fit) of the stability record, else fitted here."""
     st = run.get("stability", {}).get(output) or {}
     slope, icpt, se = st.get("slope"), st.get("intercept"), st.get("stderr")
     if st and se is None:  # the gate judged too few points for a trend: draw none
         return None
     if isinstance(slope, float) and isinstance(icpt, float):
-        return slope, icpt, float(se) if isinstance(se, float) else float("nan")
+        start = st.get("fit_from")
+        return (slope, icpt, float(se) if isinstance(se, float) else float("nan"),
+                float(start) if isinstance(start, int) and start >= 0 else float(x.min()))
     finite = np.isfinite(y)
     if finite.sum() < 3:
         return None
     s, i, e = fit_trend(x[finite], y[finite])
-    return s, i, e
+    return s, i, e, float(x.min())
 
 
-def _fixed_layout(fig: Any, rows: int) -> None:
-    """Margins in inches, set once: what tight_layout found for these figures, without its extra draw."""
-    w, h = fig.get_size_inches()
-    top, bottom, gap = 0.3, 0.45, 0.7
-    axes_h = max((h - top - bottom - gap * (rows - 1)) / rows, 0.1)
-    fig.subplots_adjust(left=0.75 / w, right=1 - 0.2 / w, bottom=bottom / h, top=1 - top / h,
-                        hspace=gap / axes_h)
-
-
-def _cheap_log_axis(ax: Any) -> None:
-    """Log y axis with decade ticks only: the minor ticks (unlabelled) cost most of a draw."""
-    from matplotlib.ticker import LogLocator, NullLocator
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
-    ax.yaxis.set_minor_locator(NullLocator())
-
-
-def _integer_chunks(ax: Any) -> None:
-    """Chunk axis: integer ticks only, and a readable span around a single chunk."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    lo, hi = ax.get_xlim()
-    if hi - lo < 2:
-        mid = round((lo + hi) / 2)
-        ax.set_xlim(mid - 1, mid + 1)
-    ax.set_xlabel("chunk", fontsize=8)
+def error_panel(run: Mapping[str, Any], out: str, tols: Mapping[str, Mapping[str, float | None]]) -> Panel:
+    """One output of one run: per-chunk max |error| (log scale when positive), atol and warn lines, the trend."""
+    ks, vs = run_series(run, out)
+    x = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(vs, dtype=np.float64)
+    finite = np.isfinite(y)
+    pos = finite & (y > 0)
+    st = run.get("stability", {}).get(out) or {}
+    verdict = st.get("verdict")
+    bounds_only = ", bounds only: too few chunks for a trend" if st and st.get("stderr") is None else ""
+    panel = Panel(f"{run.get('backend')} {run.get('mode')}: {out}"
+                  + (f"  [stability {str(verdict).upper()}{bounds_only}]" if verdict else ""),
+                  "max |error|", log_y=bool(pos.any()))
+    panel.add(Series(x[pos].tolist(), y[pos].tolist(), "max |error| per chunk", POINTS))
+    if (~finite).any():
+        top = float(np.nanmax(y[finite])) * 10 if finite.any() else 1.0
+        panel.add(Series(x[~finite].tolist(), [top] * int((~finite).sum()), "non-finite", FAIL, kind="marks"))
+    atol, warn = _tolerances(run, out, tols)
+    if atol is not None:
+        panel.add(Series([], [atol], f"atol {atol:g} (fail)", FAIL, kind="hline", dash="6 3"))
+    if warn is not None:
+        panel.add(Series([], [warn], f"warn {warn:g}", WARN, kind="hline", dash="2 2"))
+    tr = _trend(run, out, x, y)
+    if tr is not None and x.size:
+        slope, icpt, se, start = tr
+        xx = np.linspace(start, float(x.max()), 50)
+        yy = icpt + slope * xx
+        keep = yy > 0
+        se_txt = f" ± {se:.2g}" if np.isfinite(se) else ""
+        panel.add(Series(xx[keep].tolist(), yy[keep].tolist(), f"trend {slope:.2g}{se_txt}/chunk", TREND,
+                         kind="line"))
+    return panel
 
 
 def plot_errors(run: Mapping[str, Any], out_dir: Path, *,
                 tolerances: Mapping[str, Mapping[str, float | None]] | None = None) -> Path | None:
-    """One PNG per run (backend x mode): a panel per output with the per-chunk max_abs (log scale), the
+    """One SVG per run (backend x mode): a panel per output with the per-chunk max_abs (log scale), the
     contract's atol (fail) and warn_atol lines and the fitted least-squares trend."""
     outputs = [o for o in run_outputs(run) if run_series(run, o)[0]]
     if not outputs:
         return None
-    tols = tolerances or {}
-    fig = _figure(figsize=(9, 2.6 * len(outputs) + 0.6))
-    axes = fig.subplots(len(outputs), 1, squeeze=False)
-    for ax, out in zip(axes[:, 0], outputs):
-        ks, vs = run_series(run, out)
-        x = np.asarray(ks, dtype=np.float64)
-        y = np.asarray(vs, dtype=np.float64)
-        finite = np.isfinite(y)
-        pos = finite & (y > 0)
-        ax.plot(x[pos], y[pos], ".", ms=3, color="tab:blue", label="max |error| per chunk", rasterized=True)
-        bad = ~finite
-        if bad.any():
-            top = float(np.nanmax(y[finite])) * 10 if finite.any() else 1.0
-            ax.plot(x[bad], np.full(int(bad.sum()), top), "x", color="red", label="non-finite")
-        atol, warn = _tolerances(run, out, tols)
-        if atol is not None:
-            ax.axhline(atol, color="red", lw=1, ls="--", label=f"atol {atol:g} (fail)")
-        if warn is not None:
-            ax.axhline(warn, color="orange", lw=1, ls=":", label=f"warn {warn:g}")
-        tr = _trend(run, out, x, y)
-        if tr is not None and x.size:
-            slope, icpt, se = tr
-            xx = np.linspace(float(x.min()), float(x.max()), 100)
-            yy = icpt + slope * xx
-            keep = yy > 0
-            se_txt = f" ± {se:.2g}" if np.isfinite(se) else ""
-            ax.plot(xx[keep], yy[keep], "-", color="black", lw=1.2, label=f"trend {slope:.2g}{se_txt}/chunk")
-        st = run.get("stability", {}).get(out) or {}
-        verdict = st.get("verdict")
-        bounds_only = ", bounds only: too few chunks for a trend" if st and st.get("stderr") is None else ""
-        ax.set_title(f"{run.get('backend')} {run.get('mode')}: {out}"
-                     + (f"  [stability {str(verdict).upper()}{bounds_only}]" if verdict else ""), fontsize=9)
-        if pos.any():
-            _cheap_log_axis(ax)
-        _integer_chunks(ax)
-        ax.set_ylabel("max |error|", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    _fixed_layout(fig, len(outputs))
-    return _save(fig, out_dir / error_plot_name(str(run.get("backend")), str(run.get("mode"))))
+    chart = Chart([error_panel(run, out, tolerances or {}) for out in outputs])
+    return _save(chart, out_dir / error_plot_name(str(run.get("backend")), str(run.get("mode"))))
 
 
 def plot_cache_len(runs: Sequence[Mapping[str, Any]], out_dir: Path, *,
@@ -175,30 +133,21 @@ def plot_cache_len(runs: Sequence[Mapping[str, Any]], out_dir: Path, *,
     have = [r for r in runs if r.get("cache_len")]
     if not have:
         return None
-    fig = _figure(figsize=(9, 3.2))
-    ax = fig.subplots()
+    panel = Panel("cache length progression", "cache length out (frames)", legend_at="bottom")
     for i, r in enumerate(have):
         pts = sorted((int(k), int(v)) for k, v in r["cache_len"].items())
-        ax.step([k for k, _ in pts], [v for _, v in pts], where="post", lw=1.2, color=COLORS[i % len(COLORS)],
-                marker="." if len(pts) < 60 else None, ms=4, label=f"{r.get('backend')} {r.get('mode')}")
+        panel.add(Series([k for k, _ in pts], [v for _, v in pts], f"{r.get('backend')} {r.get('mode')}",
+                         COLORS[i % len(COLORS)], kind="step"))
     if expected:
         ks = sorted(expected)
-        ax.step(ks, [expected[k] for k in ks], where="post", color="black", ls="--", lw=1,
-                marker="x" if len(ks) < 60 else None, ms=4, label="contract rule")
-    _integer_chunks(ax)
-    ax.set_ylabel("cache length out (frames)", fontsize=8)
-    ax.set_title("cache length progression", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    _fixed_layout(fig, 1)
-    return _save(fig, out_dir / CACHE_LEN_PLOT)
+        panel.add(Series(ks, [expected[k] for k in ks], "contract rule", TREND, kind="step", dash="5 3"))
+    return _save(Chart([panel]), out_dir / CACHE_LEN_PLOT)
 
 
 def write_plots(doc: Mapping[str, Any], out_dir: Path, *,
                 tolerances: Mapping[str, Mapping[str, Mapping[str, float | None]]] | None = None,
                 expected_cache_len: Mapping[int, int] | None = None) -> dict[str, Path]:
-    """Every plot of a summary document. Returns {"<backend>/<mode>": png, "cache_len": png}.
+    """Every figure of a summary document. Returns {"<backend>/<mode>": svg, "cache_len": svg}.
 
     ``tolerances``: precision -> output -> {"atol", "warn_atol"} for runs without a stability record.
     """

@@ -23,7 +23,8 @@ from streamparity.errors import StreamparityError
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".streamparity.lock"
-_OWNED = re.compile(r"^(summary\.json|report\.md|cache_len\.png|error_.*\.png|\..*\.tmp)$")
+_OWNED = re.compile(r"^(summary\.json|report\.md|cache_len\.(svg|png)|error_.*\.(svg|png)|\..*\.tmp)$")
+"""What a run owns in its report directory (``.png``: figures of the versions that drew them with matplotlib)."""
 
 
 class ReportDirError(StreamparityError):
