@@ -120,9 +120,15 @@ def _run(argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str
 
 @functools.cache
 def _help(program: str, sub: str = "") -> str:
-    argv = [_plain_pytest(), "--help"] if program != "streamparity" else \
-        [sys.executable, "-m", "streamparity.cli", sub, "--help"]
-    r = _run(argv)
+    """The program's --help: pytest's from a subprocess (every plugin it loads), a subcommand's from its parser."""
+    if program == "streamparity":
+        import argparse
+
+        from streamparity.cli.main import build_parser
+
+        action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        return str(action.choices[sub].format_help())
+    r = _run([_plain_pytest(), "--help"])
     assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
     return r.stdout
 
@@ -158,8 +164,18 @@ def test_enough_readme_commands_run_here():
     assert len(RUNNABLE) >= 4, [c.text for c in RUNNABLE]
 
 
-@pytest.mark.parametrize("form", ["pytest", "python -m pytest"])
-@pytest.mark.parametrize("cmd", RUNNABLE, ids=[f"line{c.line}" for c in RUNNABLE])
+def _forms(c: Command) -> list[str]:
+    """Plain pytest for every command; python -m pytest too where the two can differ: python -m puts the
+    working directory on sys.path, which a ``-p module`` plugin or a test path may depend on."""
+    plugin = any(a == "-p" and not b.startswith("no:") for a, b in zip(c.args, c.args[1:]))
+    paths = any(not a.startswith("-") and "/" in a for a in c.args)
+    return ["pytest", "python -m pytest"] if plugin or paths else ["pytest"]
+
+
+COLLECT = [(c, form) for c in RUNNABLE for form in _forms(c)]
+
+
+@pytest.mark.parametrize(("cmd", "form"), COLLECT, ids=[f"line{c.line}-{f.replace(' ', '')}" for c, f in COLLECT])
 def test_runnable_readme_pytest_commands_collect(cmd: Command, form: str, tmp_path: Path):
     r = _run([*_argv(cmd, form, tmp_path), "--collect-only", "-q"])
     out = r.stdout + r.stderr

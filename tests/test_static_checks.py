@@ -18,9 +18,16 @@ def _tool(name: str) -> str:
     return exe
 
 
-def test_mypy_strict_on_the_package():
-    r = subprocess.run([_tool("mypy"), "--no-error-summary"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, check=False)
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One incremental cache for the three mypy runs of this module: the first one checks the standard library
+    and numpy stubs, the others reuse them (a module whose stubs or options differ is checked again)."""
+    return str(tmp_path_factory.mktemp("mypy-cache"))
+
+
+def test_mypy_strict_on_the_package(mypy_cache):
+    r = subprocess.run([_tool("mypy"), "--no-error-summary", "--cache-dir", mypy_cache], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
@@ -31,7 +38,7 @@ def test_ruff_clean():
     assert r.returncode == 0, r.stdout[-4000:]
 
 
-def test_tensorrt_backend_typechecks_against_stubs(tmp_path):
+def test_tensorrt_backend_typechecks_against_stubs(tmp_path, mypy_cache):
     """backends/tensorrt.py under mypy --strict with the real (repaired) TensorRT stubs, not `trt: Any`."""
     import importlib.metadata
 
@@ -50,7 +57,7 @@ def test_tensorrt_backend_typechecks_against_stubs(tmp_path):
     probe = tmp_path / "probe_trt_misuse.py"
     probe.write_text("import tensorrt as trt\n\n\ndef f(b: trt.Builder) -> None:\n"
                      "    b.create_network(\"not flags\")\n    b.no_such_method()\n")
-    cmd = [mypy, "--strict", "--no-warn-unused-ignores", "--no-incremental", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [mypy, "--strict", "--no-warn-unused-ignores", "--cache-dir", mypy_cache]
     r = subprocess.run([*cmd, str(probe)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
                        check=False)
     assert r.returncode == 1 and "no_such_method" in r.stdout and "create_network" in r.stdout, \
@@ -61,7 +68,7 @@ def test_tensorrt_backend_typechecks_against_stubs(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
-def test_tensorrt_rtx_run_path_typechecks_against_generated_stubs(tmp_path):
+def test_tensorrt_rtx_run_path_typechecks_against_generated_stubs(tmp_path, mypy_cache):
     """The build and run code under mypy --strict against stubs generated from the installed TensorRT-RTX (it
     ships none): a misuse of the RTX API is reported, and the only errors in the package are the TensorRT 10
     weak-typed FP16 flags that TensorRT-RTX does not have (that branch never runs there: networks are strongly
@@ -78,7 +85,7 @@ def test_tensorrt_rtx_run_path_typechecks_against_generated_stubs(tmp_path):
                            "--as-tensorrt"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert prep.returncode == 0, prep.stdout[-2000:] + prep.stderr[-2000:]
     env = {**os.environ, "MYPYPATH": str(stubs)}
-    cmd = [mypy, "--no-warn-unused-ignores", "--no-incremental", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [mypy, "--no-warn-unused-ignores", "--cache-dir", mypy_cache]
     probe = tmp_path / "probe_rtx_misuse.py"
     probe.write_text("import tensorrt_rtx as trt\n\n\ndef f(c: trt.IBuilderConfig) -> int:\n"
                      "    c.set_flag(trt.BuilderFlag.FP16)\n    return c.get_compute_capability(0)\n")

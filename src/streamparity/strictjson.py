@@ -38,7 +38,7 @@ def _int(text: str) -> int:
     if len(text) > 20:
         raise _Refused(f"integer {text[:24]}... is out of range")
     v = int(text)
-    if abs(v) > INT_LIMIT:
+    if not -INT_LIMIT - 1 <= v <= INT_LIMIT:  # int64: -2**63 .. 2**63 - 1, as the writer allows
         raise _Refused(f"integer {text} is out of range (int64)")
     return v
 

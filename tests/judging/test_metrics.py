@@ -4,10 +4,11 @@ frames, a relative difference that near-zero expected values cannot blow up, and
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamparity.contract.loading import load_contract
 from streamparity.contract.model import ROLE_CACHE_CHANNEL
-from streamparity.judging.metrics import compare_output
+from streamparity.judging.metrics import compare_arrays, compare_output
 from streamparity.judging.wording import describe_failure
 from tests.conftest import TINY_CONTRACT
 
@@ -56,3 +57,27 @@ def test_nan_is_named_not_shown_as_inf() -> None:
     text = describe_failure(m, c.tolerance("outputs", "fp32"), what="x")
     assert "non-finite elements: 1 (first at index (0, 3, 1): actual nan" in text
     assert "greatest absolute difference: not finite" in text and " inf " not in text
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape", [(1,), (3,), (1, 64, 2), (1, 3, 24, 64), (2, 5, 7, 3)])
+def test_float32_path_agrees_with_the_float64_path(dtype, shape) -> None:
+    """The fast path (finite inputs) reports exactly what the general path does."""
+    from unittest import mock
+
+    from streamparity.judging import metrics
+
+    rng = np.random.default_rng(sum(shape))
+    e = rng.standard_normal(shape).astype(dtype)
+    a = (e + rng.standard_normal(shape) * 1e-3).astype(dtype)
+    a.reshape(-1)[-1] += dtype(0.5)
+    fast = compare_arrays(a, e, output="x", chunk=1, atol=1e-3, rtol=1e-2, offset=(0,) * len(shape))
+    with mock.patch.object(metrics, "_compare_finite", lambda *args, **kw: None):
+        slow = compare_arrays(a, e, output="x", chunk=1, atol=1e-3, rtol=1e-2, offset=(0,) * len(shape))
+    for name in ("max_abs", "mean_abs", "max_rel", "p95_abs", "p99_abs", "worst_actual", "worst_expected"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    for name in ("mismatches", "nonfinite", "worst_index", "rel_index", "numel"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    bad = a.copy()
+    bad.reshape(-1)[0] = np.nan  # not finite: the float64 path judges it, and names it
+    assert compare_arrays(bad, e, output="x", chunk=1, atol=1e-3, rtol=1e-2).nonfinite == 1

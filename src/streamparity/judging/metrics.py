@@ -70,6 +70,11 @@ def compare_arrays(
                        shape_error=f"shape {list(a.shape)} != expected {list(e.shape)}")
     if a.size == 0:
         return Metrics(output, chunk, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, (), 0.0, 0.0, atol, rtol, region)
+    full = (lambda ix: tuple(i + o for i, o in zip(ix, offset, strict=True))) if offset else (lambda ix: ix)
+    if a.dtype.kind == "f" and e.dtype.kind == "f":
+        fast = _compare_finite(a, e, output=output, chunk=chunk, atol=atol, rtol=rtol, region=region, full=full)
+        if fast is not None:
+            return fast
     a64 = a.astype(np.float64)
     e64 = e.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: counted below as non-finite
@@ -84,7 +89,6 @@ def compare_arrays(
         mism = (diff > allowed) | nonfinite_mask
     idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
     rel_idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(rel)), rel.shape))
-    full = (lambda ix: tuple(i + o for i, o in zip(ix, offset, strict=True))) if offset else (lambda ix: ix)
     finite_diff = diff[np.isfinite(diff)]
     return Metrics(
         output=output,
@@ -105,6 +109,54 @@ def compare_arrays(
         region=region,
         rel_index=full(rel_idx),
     )
+
+
+def _compare_finite(a: np.ndarray, e: np.ndarray, *, output: str, chunk: int, atol: float, rtol: float,
+                    region: str, full: Any) -> Metrics | None:
+    """:func:`compare_arrays` for two float arrays without a non-finite value: the same float64 figures from
+    in-place operations and one partial sort instead of masks, copies and two full percentile sorts (a third
+    of the time on a full-size cache).  Returns None, for the general path, when any difference is not finite."""
+    flat_e = e.astype(np.float64).reshape(-1)
+    flat = a.astype(np.float64).reshape(-1)  # 1-D, also for 0-d inputs
+    flat -= flat_e
+    np.abs(flat, out=flat)
+    worst = int(np.argmax(flat))
+    max_abs = float(flat[worst])
+    if not np.isfinite(max_abs):  # argmax stops at the first NaN, so a NaN anywhere lands here too
+        return None
+    mag = np.abs(flat_e, out=flat_e)
+    rel = np.maximum(mag, max(atol, float(np.finfo(np.float32).tiny)))
+    np.divide(flat, rel, out=rel)
+    rel_worst = int(np.argmax(rel))
+    mag *= rtol
+    mag += atol
+    mismatches = int(np.count_nonzero(flat > mag))
+    mean_abs = float(flat.mean())
+    idx = tuple(int(i) for i in np.unravel_index(worst, a.shape))
+    p95, p99 = _percentiles_in_place(flat, (95.0, 99.0))  # last: it reorders the differences
+    return Metrics(
+        output=output, chunk=chunk, numel=int(a.size), max_abs=max_abs, mean_abs=mean_abs,
+        max_rel=float(rel[rel_worst]), p95_abs=p95, p99_abs=p99, mismatches=mismatches,
+        nonfinite=0, worst_index=full(idx), worst_actual=float(a[idx]), worst_expected=float(e[idx]),
+        atol=atol, rtol=rtol, region=region,
+        rel_index=full(tuple(int(i) for i in np.unravel_index(rel_worst, a.shape))),
+    )
+
+
+def _percentiles_in_place(flat: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """numpy's default (linear) percentiles of `flat`, from one partial sort of `flat` itself (no copy); the
+    interpolation is numpy's own, so the figures are the same to the last bit."""
+    n = flat.size
+    pos = [q / 100.0 * (n - 1) for q in qs]
+    kth = sorted({int(np.floor(p)) for p in pos} | {min(int(np.floor(p)) + 1, n - 1) for p in pos})
+    flat.partition(kth)
+    out = []
+    for p in pos:
+        lo = int(np.floor(p))
+        v_lo, v_hi = float(flat[lo]), float(flat[min(lo + 1, n - 1)])
+        t = p - lo
+        out.append(v_hi - (v_hi - v_lo) * (1 - t) if t >= 0.5 else v_lo + (v_hi - v_lo) * t)
+    return out
 
 
 def valid_region(spec: TensorSpec, array: np.ndarray,
