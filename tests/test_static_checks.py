@@ -25,6 +25,7 @@ def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("mypy-cache"))
 
 
+@pytest.mark.slow
 def test_mypy_strict_on_the_package(mypy_cache):
     r = subprocess.run([_tool("mypy"), "--no-error-summary", "--cache-dir", mypy_cache], cwd=ROOT,
                        capture_output=True, text=True, timeout=600, check=False)
@@ -38,6 +39,7 @@ def test_ruff_clean():
     assert r.returncode == 0, r.stdout[-4000:]
 
 
+@pytest.mark.slow
 def test_tensorrt_backend_typechecks_against_stubs(tmp_path, mypy_cache):
     """backends/tensorrt.py under mypy --strict with the real (repaired) TensorRT stubs, not `trt: Any`."""
     import importlib.metadata
@@ -68,6 +70,7 @@ def test_tensorrt_backend_typechecks_against_stubs(tmp_path, mypy_cache):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_tensorrt_rtx_run_path_typechecks_against_generated_stubs(tmp_path, mypy_cache):
     """The build and run code under mypy --strict against stubs generated from the installed TensorRT-RTX (it
     ships none): a misuse of the RTX API is reported, and the only errors in the package are the TensorRT 10

@@ -85,6 +85,7 @@ def test_parity_run_refuses_to_judge_against_a_bad_reference(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_NEMO, reason="NeMo is not installed (pip install 'streamparity[nemo]')")
+@pytest.mark.slow
 def test_generator_with_cache_reset_is_rejected(tmp_path):
     r = run_cli("make-reference", "--contract", str(TINY_CONTRACT), "--config",
                 str(TINY_CONTRACT.parent.parent / "fixtures" / "tiny" / "encoder_config.json"),

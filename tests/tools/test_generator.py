@@ -10,8 +10,9 @@ import pytest
 from streamparity.reference.reader import ReferenceFile
 from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("nemo") is None,
-                                reason="NeMo is not installed (pip install 'streamparity[nemo]')")
+pytestmark = [pytest.mark.slow,  # NeMo runs on the CPU: deselect with -m "not slow" while developing
+              pytest.mark.skipif(importlib.util.find_spec("nemo") is None,
+                                 reason="NeMo is not installed (pip install 'streamparity[nemo]')")]
 ATOL = 1e-5
 
 

@@ -27,8 +27,9 @@ from streamparity.tools import onnx_faults as F
 from streamparity.tools.offline_companion import offline_left_pad
 from tests.conftest import ROOT, run_pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("nemo") is None,
-                                reason="NeMo is not installed (pip install 'streamparity[nemo]')")
+pytestmark = [pytest.mark.slow,  # NeMo runs on the CPU: deselect with -m "not slow" while developing
+              pytest.mark.skipif(importlib.util.find_spec("nemo") is None,
+                                 reason="NeMo is not installed (pip install 'streamparity[nemo]')")]
 
 _COMMON = {"n_layers": 2, "causal_downsampling": True, "ff_expansion_factor": 2, "self_attention_model": "rel_pos",
            "att_context_style": "chunked_limited", "conv_context_size": "causal", "pos_emb_max_len": 512,
