@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""The parity closed loop against the benchmark loop on ONNX Runtime's CUDA provider (issue 13, GPU criterion).
+
+Both loops run the same backend (``OrtBackend``, device-resident: IOBinding on preallocated GPU buffers, the
+caches ping-pong on the device) over the same chunks:
+
+* parity: :func:`~streamparity.drivers.closed_loop.run_closed_loop` as the suite's session runs it
+  (``keep_bundles`` on, reference read chunk by chunk, every chunk judged; the big caches come back only on
+  chunks whose reference stores caches);
+* benchmark: ``open_stream(fetch_caches=False)`` and ``step`` over audio + length preloaded in memory, nothing
+  else (the caches stay on the device; the encoder output and the lengths come back).
+
+Bytes per chunk are the stream's own ``bytes_moved`` counters (host->device, device->host of each step),
+read right after each step, split into chunks with and without stored caches.  Wall time: the whole loop
+(stream opening included), ``--reps`` alternated repetitions after ``--warmup-reps`` untimed ones; the
+figures are medians.  Per chunk, the parity loop's time is from the end of one step to the end of the next
+(so it holds the judging of the previous chunk and the reading of this one), which splits its wall time
+over the same two segments.
+
+On the CPU (``--device cpu``) the backend runs inside the same device loop on counting host buffers
+(:class:`~streamparity.tools.transfers.CountedDeviceBackend`), so the byte counts are those a GPU run moves;
+the times are CPU times.  Writes gpu_parity_loop.json / .md to --out.
+
+    python tools/bench_gpu_parity_loop.py --contract contracts/fullsize-parakeet.contract.json \\
+        --onnx DIR/encoder.onnx --reference DIR/reference.jsonl --out $OUT
+    python tools/bench_gpu_parity_loop.py --device cpu --reps 2 --out /tmp/x      # tiny model, smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from streamparity.backends.base import Backend, Stream
+from streamparity.contract.loading import load_contract
+from streamparity.contract.model import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_LENGTH, Contract
+from streamparity.drivers.closed_loop import initial_state, run_closed_loop
+from streamparity.reference.reader import ReferenceFile
+
+
+class _Spy:
+    """Wraps ``backend.open_stream`` to hand the closed loop's stream to the per-step callback."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend, self.stream, self.open_bytes = backend, None, (0, 0)
+        self._orig = backend.open_stream
+
+    def __enter__(self) -> _Spy:
+        def spy(initial: Any, *, fetch_caches: bool = True) -> Stream:
+            s = self._orig(initial, fetch_caches=fetch_caches)
+            self.stream, self.open_bytes = s, s.bytes_moved
+            return s
+
+        self.backend.open_stream = spy  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.backend.open_stream
+
+
+def parity_loop(backend: Backend, contract: Contract, ref: ReferenceFile, upto: int) -> dict[str, Any]:
+    """run_closed_loop as the session runs it; per chunk: wall since the previous step ended, step ms, bytes."""
+    rows: list[tuple[int, float, float, int, int]] = []
+    with _Spy(backend) as spy:
+        last = [0.0]
+
+        def on_step(k: int, ms: float) -> None:
+            now = time.perf_counter()
+            up, down = spy.stream.bytes_moved if spy.stream is not None else (0, 0)
+            rows.append((k, (now - last[0]) * 1e3, ms, up, down))
+            last[0] = now
+
+        t0 = last[0] = time.perf_counter()
+        run = run_closed_loop(backend, contract, ref, upto=upto, on_step=on_step)  # keep_bundles=True
+        t1 = time.perf_counter()
+    if rows:  # the last chunk's judging and the result's assembly
+        k, w, ms, up, down = rows[-1]
+        rows[-1] = (k, w + (t1 - last[0]) * 1e3, ms, up, down)
+    verdicts: dict[str, int] = {}
+    worst: dict[str, float] = {}
+    for r in run.chunks:
+        verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
+        for name, m in r.metrics.items():
+            worst[name] = max(worst.get(name, 0.0), float(m.max_abs))
+    errors = [r.error for r in run.chunks if r.error][:3]
+    return {"wall_s": t1 - t0, "rows": rows, "open_bytes": spy.open_bytes, "verdicts": verdicts,
+            "worst_max_abs": worst, "errors": errors}
+
+
+def benchmark_loop(backend: Backend, initial: dict[str, np.ndarray],
+                   chunks: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Steps only: audio + length up, the encoder output and lengths down, caches left on the device."""
+    rows: list[tuple[int, float, float, int, int]] = []
+    t0 = prev = time.perf_counter()
+    stream = backend.open_stream(initial, fetch_caches=False)
+    open_bytes = stream.bytes_moved
+    try:
+        for k, audio, length in chunks:
+            ts = time.perf_counter()
+            stream.step(audio, length)
+            now = time.perf_counter()
+            up, down = stream.bytes_moved
+            rows.append((k, (now - prev) * 1e3, (now - ts) * 1e3, up, down))
+            prev = now
+    finally:
+        stream.close()
+    return {"wall_s": time.perf_counter() - t0, "rows": rows, "open_bytes": open_bytes}
+
+
+def _seg(rows: list[tuple[int, float, float, int, int]], keys: set[int]) -> dict[str, Any]:
+    sel = [r for r in rows if r[0] in keys]
+    if not sel:
+        return {"chunks": 0}
+    ups, downs = [r[3] for r in sel], [r[4] for r in sel]
+    return {"chunks": len(sel), "wall_ms": sum(r[1] for r in sel), "step_ms_p50": statistics.median(r[2] for r in sel),
+            "chunk_ms_p50": statistics.median(r[1] for r in sel),
+            "h2d_per_chunk": statistics.mean(ups), "d2h_per_chunk": statistics.mean(downs),
+            "h2d_minmax": [min(ups), max(ups)], "d2h_minmax": [min(downs), max(downs)]}
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, k in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def check_placement(onnx: Path) -> dict[str, Any]:
+    """Whether every node runs on the CUDA provider (no CPU fallback, hence no copies inside ORT)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(onnx), sess_options=so, providers=[("CUDAExecutionProvider", {"use_tf32": 0})])
+        return {"all_nodes_on_cuda": True}
+    except Exception as e:  # ORT's own exception types
+        return {"all_nodes_on_cuda": False, "why": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the JSON and Markdown go")
+    ap.add_argument("--contract", type=Path, default=ROOT / "contracts" / "tiny-parakeet.contract.json",
+                    metavar="PATH", help="contract (default: tiny-parakeet)")
+    ap.add_argument("--onnx", type=Path, default=None, metavar="PATH", help="model (default: the contract's)")
+    ap.add_argument("--reference", type=Path, default=None, metavar="PATH",
+                    help="reference JSONL (default: the contract's)")
+    ap.add_argument("--name", default=None, metavar="TEXT", help="model name in the table (default: contract name)")
+    ap.add_argument("--upto", type=int, default=None, metavar="K", help="last chunk (default: the reference's)")
+    ap.add_argument("--reps", type=int, default=5, metavar="N", help="timed repetitions of each loop (default: 5)")
+    ap.add_argument("--warmup-reps", type=int, default=1, metavar="N", help="untimed ones first (default: 1)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="ORT device (default: cuda)")
+    ap.add_argument("--note", default="", metavar="TEXT", help="a line for the Markdown (e.g. what the model is)")
+    args = ap.parse_args(argv)
+
+    import onnxruntime as ort
+
+    from streamparity.backends.ort import OrtBackend
+
+    contract = load_contract(args.contract)
+    onnx = args.onnx or contract.resolve("onnx")
+    ref = ReferenceFile(args.reference or contract.resolve("reference"))
+    upto = args.upto if args.upto is not None else ref.chunk_ids[-1]
+    audio_n, length_n = contract.input_by_role(ROLE_AUDIO).name, contract.input_by_role(ROLE_LENGTH).name
+    big = {o.name for o in contract.outputs if o.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME)}
+    chunks: list[tuple[int, np.ndarray, np.ndarray]] = []
+    stored: set[int] = set()
+    first = None
+    for rec in ref:
+        if rec.chunk > upto:
+            break
+        if first is None:
+            first = rec
+        chunks.append((rec.chunk, rec.inputs[audio_n], rec.inputs[length_n]))
+        if any(n in rec.outputs for n in big):
+            stored.add(rec.chunk)
+    assert first is not None, "empty reference"
+    initial = initial_state(contract, first)
+    everything = {k for k, _, _ in chunks}
+    plain = everything - stored
+
+    t = time.perf_counter()
+    inner = OrtBackend(contract, onnx, precision=args.precision, device=args.device,
+                       cache_dir=Path(tempfile.gettempdir()))
+    load_s = time.perf_counter() - t
+    backend: Backend = inner
+    if args.device == "cpu":
+        from streamparity.tools.transfers import CountedDeviceBackend
+
+        backend = CountedDeviceBackend(inner)  # the device loop on counting host buffers
+    meta: dict[str, Any] = {"contract": contract.name, "name": args.name or contract.name, "onnx": str(onnx),
+                            "reference": str(ref.path), "chunks": len(chunks), "stored_cache_chunks": len(stored),
+                            "precision": args.precision, "device": args.device, "reps": args.reps,
+                            "warmup_reps": args.warmup_reps, "onnxruntime": ort.__version__,
+                            "providers": inner.session.get_providers(), "python": platform.python_version(),
+                            "session_load_s": load_s, "command": " ".join(sys.argv), "note": args.note}
+    if args.device == "cuda":
+        from streamparity.environment import gpu_names
+
+        meta["gpu"] = ", ".join(gpu_names()) or "?"
+        meta["placement"] = check_placement(onnx)
+    print(json.dumps(meta), flush=True)
+
+    for _ in range(args.warmup_reps):
+        benchmark_loop(backend, initial, chunks)
+        parity_loop(backend, contract, ref, upto)
+    reps: list[dict[str, Any]] = []
+    for i in range(args.reps):
+        order = ("parity", "benchmark") if i % 2 == 0 else ("benchmark", "parity")
+        got: dict[str, dict[str, Any]] = {}
+        for which in order:
+            got[which] = (parity_loop(backend, contract, ref, upto) if which == "parity"
+                          else benchmark_loop(backend, initial, chunks))
+        p, b = got["parity"], got["benchmark"]
+        rep = {"order": list(order), "parity_wall_s": p["wall_s"], "benchmark_wall_s": b["wall_s"],
+               "ratio": p["wall_s"] / b["wall_s"], "verdicts": p["verdicts"], "worst_max_abs": p["worst_max_abs"],
+               "errors": p["errors"]}
+        for seg, keys in (("stored", stored), ("plain", plain)):
+            ps, bs = _seg(p["rows"], keys), _seg(b["rows"], keys)
+            rep[f"parity_{seg}"], rep[f"benchmark_{seg}"] = ps, bs
+            rep[f"ratio_{seg}"] = ps["wall_ms"] / bs["wall_ms"] if ps.get("chunks") else None
+        rep["open_bytes"] = {"parity": p["open_bytes"], "benchmark": b["open_bytes"]}
+        reps.append(rep)
+        print(json.dumps({k: rep[k] for k in ("order", "parity_wall_s", "benchmark_wall_s", "ratio", "ratio_stored",
+                                              "ratio_plain", "verdicts")}), flush=True)
+    inner.close()
+
+    def med(key: str, sub: str | None = None) -> float | None:
+        vals = [r[key][sub] if sub else r[key] for r in reps if r[key] is not None and (not sub or sub in r[key])]
+        return statistics.median(vals) if vals else None
+
+    summary = {
+        "parity_wall_s": med("parity_wall_s"), "benchmark_wall_s": med("benchmark_wall_s"),
+        "ratio_median_of_reps": med("ratio"),
+        "ratio_stored_median": med("ratio_stored"), "ratio_plain_median": med("ratio_plain"),
+        "parity_stored_wall_ms": med("parity_stored", "wall_ms"), "benchmark_stored_wall_ms":
+            med("benchmark_stored", "wall_ms"),
+        "parity_plain_wall_ms": med("parity_plain", "wall_ms"), "benchmark_plain_wall_ms":
+            med("benchmark_plain", "wall_ms"),
+        "parity_step_ms_p50_plain": med("parity_plain", "step_ms_p50"),
+        "benchmark_step_ms_p50_plain": med("benchmark_plain", "step_ms_p50"),
+        "parity_step_ms_p50_stored": med("parity_stored", "step_ms_p50"),
+        "benchmark_step_ms_p50_stored": med("benchmark_stored", "step_ms_p50"),
+        "bytes": {f"{loop}_{seg}": {k: reps[-1][f"{loop}_{seg}"].get(k) for k in
+                                    ("chunks", "h2d_per_chunk", "d2h_per_chunk", "h2d_minmax", "d2h_minmax")}
+                  for loop in ("parity", "benchmark") for seg in ("stored", "plain")},
+        "open_bytes": reps[-1]["open_bytes"] if reps else None,
+        "verdicts_last_rep": reps[-1]["verdicts"] if reps else None,
+        "worst_max_abs": reps[-1]["worst_max_abs"] if reps else None,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_parity_loop.json").write_text(json.dumps({"meta": meta, "summary": summary, "reps": reps},
+                                                              indent=1, default=float) + "\n")
+    text = markdown(meta, summary)
+    (args.out / "gpu_parity_loop.md").write_text(text)
+    print(text)
+    return 0
+
+
+def markdown(meta: dict[str, Any], s: dict[str, Any]) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    by = s["bytes"]
+    lines = [f"{meta['name']}: ONNX Runtime {meta['onnxruntime']} {meta['providers'][0]} on "
+             f"{meta.get('gpu', meta['device'])}, {meta['precision']}, {meta['chunks']} chunks "
+             f"({meta['stored_cache_chunks']} with stored caches), median of {meta['reps']} alternated repetitions "
+             f"after {meta['warmup_reps']} untimed."]
+    if meta.get("note"):
+        lines.append(meta["note"])
+    if "placement" in meta:
+        lines.append(f"All nodes on the CUDA provider (no CPU fallback inside ORT): {meta['placement']}")
+    lines += ["", "| loop | chunks | H2D / chunk | D2H / chunk | step P50 ms | wall ms | parity / benchmark |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for seg, label in (("plain", "without stored caches"), ("stored", "with stored caches")):
+        for loop in ("benchmark", "parity"):
+            b = by[f"{loop}_{seg}"]
+            if not b.get("chunks"):
+                continue
+            r = s[f"ratio_{seg}_median"] if loop == "parity" else None
+            lines.append(f"| {loop}, {label} | {b['chunks']} | {_fmt_bytes(b['h2d_per_chunk'])} | "
+                         f"{_fmt_bytes(b['d2h_per_chunk'])} | {ms(s[f'{loop}_step_ms_p50_{seg}'])} | "
+                         f"{ms(s[f'{loop}_{seg}_wall_ms'])} | {ratio(r)} |")
+    lines.append(f"| **whole loop** | {meta['chunks']} | | | | parity {ms(s['parity_wall_s'] * 1e3)}, benchmark "
+                 f"{ms(s['benchmark_wall_s'] * 1e3)} | **{ratio(s['ratio_median_of_reps'])}** |")
+    lines += ["", f"Stream opening (initial caches up, once): parity {s['open_bytes']['parity']}, benchmark "
+              f"{s['open_bytes']['benchmark']} bytes (H2D, D2H).  Parity verdicts (last repetition): "
+              f"{s['verdicts_last_rep']}; worst max abs {s['worst_max_abs']}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
