@@ -45,7 +45,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from streamparity.backends.base import Backend, Stream
 from streamparity.contract.loading import load_contract
-from streamparity.contract.model import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_LENGTH, Contract
+from streamparity.contract.model import (
+    ROLE_AUDIO,
+    ROLE_CACHE_CHANNEL,
+    ROLE_CACHE_LEN,
+    ROLE_CACHE_TIME,
+    ROLE_LENGTH,
+    Contract,
+)
 from streamparity.drivers.closed_loop import initial_state, run_closed_loop
 from streamparity.reference.reader import ReferenceFile
 
@@ -70,24 +77,57 @@ class _Spy:
         del self.backend.open_stream
 
 
+class _TimedReference:
+    """The reference as run_closed_loop reads it, stamping when each record is asked for and when it is read."""
+
+    def __init__(self, ref: ReferenceFile) -> None:
+        self.ref = ref
+        self.asked: dict[int, float] = {}
+        self.read_at: dict[int, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ref, name)
+
+    def __len__(self) -> int:
+        return len(self.ref)
+
+    def __iter__(self) -> Any:
+        it = iter(self.ref)
+        while True:
+            t = time.perf_counter()
+            try:
+                rec = next(it)
+            except StopIteration:
+                self.asked[-1] = t  # the end of the last chunk's judging
+                return
+            self.asked[rec.chunk], self.read_at[rec.chunk] = t, time.perf_counter()
+            yield rec
+
+
 def parity_loop(backend: Backend, contract: Contract, ref: ReferenceFile, upto: int) -> dict[str, Any]:
-    """run_closed_loop as the session runs it; per chunk: wall since the previous step ended, step ms, bytes."""
-    rows: list[tuple[int, float, float, int, int]] = []
+    """run_closed_loop as the session runs it; per chunk: read + step + its own judging (ms), step ms, bytes,
+    and the three parts (read, step, judge)."""
+    stamps: list[tuple[int, float, float, int, int]] = []
+    timed = _TimedReference(ref)
     with _Spy(backend) as spy:
-        last = [0.0]
 
         def on_step(k: int, ms: float) -> None:
-            now = time.perf_counter()
             up, down = spy.stream.bytes_moved if spy.stream is not None else (0, 0)
-            rows.append((k, (now - last[0]) * 1e3, ms, up, down))
-            last[0] = now
+            stamps.append((k, time.perf_counter(), ms, up, down))
 
-        t0 = last[0] = time.perf_counter()
-        run = run_closed_loop(backend, contract, ref, upto=upto, on_step=on_step)  # keep_bundles=True
+        t0 = time.perf_counter()
+        run = run_closed_loop(backend, contract, timed, upto=upto, on_step=on_step)  # type: ignore[arg-type]
         t1 = time.perf_counter()
-    if rows:  # the last chunk's judging and the result's assembly
-        k, w, ms, up, down = rows[-1]
-        rows[-1] = (k, w + (t1 - last[0]) * 1e3, ms, up, down)
+    rows: list[tuple[int, float, float, int, int]] = []
+    parts: dict[int, tuple[float, float, float]] = {}
+    for i, (k, t_step, ms, up, down) in enumerate(stamps):
+        # the loop asks for the next record once this chunk is judged (chunks are consecutive); after the last
+        # chunk of the reference: the iterator's end
+        t_end = timed.asked.get(k + 1, timed.asked.get(-1, t1))
+        t_begin = timed.asked.get(k, t0) if i else t0  # chunk 0: from the start (stream opening included)
+        rows.append((k, (t_end - t_begin) * 1e3, ms, up, down))
+        read = timed.read_at.get(k, t_begin) - timed.asked.get(k, t_begin)
+        parts[k] = (read * 1e3, (t_step - timed.read_at.get(k, t_begin)) * 1e3, (t_end - t_step) * 1e3)
     verdicts: dict[str, int] = {}
     worst: dict[str, float] = {}
     for r in run.chunks:
@@ -95,7 +135,7 @@ def parity_loop(backend: Backend, contract: Contract, ref: ReferenceFile, upto: 
         for name, m in r.metrics.items():
             worst[name] = max(worst.get(name, 0.0), float(m.max_abs))
     errors = [r.error for r in run.chunks if r.error][:3]
-    return {"wall_s": t1 - t0, "rows": rows, "open_bytes": spy.open_bytes, "verdicts": verdicts,
+    return {"wall_s": t1 - t0, "rows": rows, "parts": parts, "open_bytes": spy.open_bytes, "verdicts": verdicts,
             "worst_max_abs": worst, "errors": errors}
 
 
@@ -151,6 +191,43 @@ def check_placement(onnx: Path) -> dict[str, Any]:
         return {"all_nodes_on_cuda": False, "why": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
 
 
+def profile_stored_chunk(contract: Contract, ref: ReferenceFile, chunk: int, top: int = 12) -> dict[str, Any]:
+    """Where a stored-cache chunk's host time goes: the reference line read, then judge_chunk on outputs equal to
+    the reference's (cProfile, cumulative time; plus plain timings of each, best of 3)."""
+    import cProfile
+    import io
+    import pstats
+
+    from streamparity.judging.chunks import judge_chunk
+    from streamparity.results.records import CLOSED_LOOP
+
+    rec = ref.read(chunk)
+    len_in = rec.inputs[contract.input_by_role(ROLE_CACHE_LEN).name]
+
+    def judge() -> Any:
+        return judge_chunk(contract, rec, dict(rec.outputs), mode=CLOSED_LOOP, backend="profile", precision="fp32",
+                           cache_len_in=len_in, stream_position=chunk, inputs=None)
+
+    def best(f: Any) -> float:
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            f()
+            ts.append((time.perf_counter() - t) * 1e3)
+        return min(ts)
+
+    got: dict[str, Any] = {"chunk": chunk, "read_ms": best(lambda: ref.read(chunk)), "judge_ms": best(judge)}
+    for name, f in (("read", lambda: ref.read(chunk)), ("judge", judge)):
+        pr = cProfile.Profile()
+        pr.enable()
+        f()
+        pr.disable()
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(top)
+        got[f"{name}_profile"] = buf.getvalue()
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the JSON and Markdown go")
@@ -165,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-reps", type=int, default=1, metavar="N", help="untimed ones first (default: 1)")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="ORT device (default: cuda)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one stored-cache chunk's reference read and judging (cProfile)")
     ap.add_argument("--note", default="", metavar="TEXT", help="a line for the Markdown (e.g. what the model is)")
     args = ap.parse_args(argv)
 
@@ -234,11 +313,18 @@ def main(argv: list[str] | None = None) -> int:
             ps, bs = _seg(p["rows"], keys), _seg(b["rows"], keys)
             rep[f"parity_{seg}"], rep[f"benchmark_{seg}"] = ps, bs
             rep[f"ratio_{seg}"] = ps["wall_ms"] / bs["wall_ms"] if ps.get("chunks") else None
+            sel = [v for k, v in p["parts"].items() if k in keys]
+            rep[f"parity_{seg}_parts_ms"] = {
+                part: {"mean": statistics.mean(v[j] for v in sel), "p50": statistics.median(v[j] for v in sel)}
+                for j, part in enumerate(("read", "step", "judge"))} if sel else None
         rep["open_bytes"] = {"parity": p["open_bytes"], "benchmark": b["open_bytes"]}
         reps.append(rep)
         print(json.dumps({k: rep[k] for k in ("order", "parity_wall_s", "benchmark_wall_s", "ratio", "ratio_stored",
                                               "ratio_plain", "verdicts")}), flush=True)
     inner.close()
+    prof = profile_stored_chunk(contract, ref, min(stored)) if args.profile and stored else None
+    if prof:
+        print(prof["read_profile"], prof["judge_profile"], sep="\n", flush=True)
 
     def med(key: str, sub: str | None = None) -> float | None:
         vals = [r[key][sub] if sub else r[key] for r in reps if r[key] is not None and (not sub or sub in r[key])]
@@ -256,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark_step_ms_p50_plain": med("benchmark_plain", "step_ms_p50"),
         "parity_step_ms_p50_stored": med("parity_stored", "step_ms_p50"),
         "benchmark_step_ms_p50_stored": med("benchmark_stored", "step_ms_p50"),
+        "parity_parts_ms": {seg: {part: {stat: statistics.median(r[f"parity_{seg}_parts_ms"][part][stat] for r in reps)
+                                         for stat in ("mean", "p50")} for part in ("read", "step", "judge")}
+                            for seg in ("stored", "plain") if reps and reps[0][f"parity_{seg}_parts_ms"]},
         "bytes": {f"{loop}_{seg}": {k: reps[-1][f"{loop}_{seg}"].get(k) for k in
                                     ("chunks", "h2d_per_chunk", "d2h_per_chunk", "h2d_minmax", "d2h_minmax")}
                   for loop in ("parity", "benchmark") for seg in ("stored", "plain")},
@@ -264,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         "worst_max_abs": reps[-1]["worst_max_abs"] if reps else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_parity_loop.json").write_text(json.dumps({"meta": meta, "summary": summary, "reps": reps},
-                                                              indent=1, default=float) + "\n")
+    doc = {"meta": meta, "summary": summary, "reps": reps, "profile": prof}
+    (args.out / "gpu_parity_loop.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     text = markdown(meta, summary)
+    if prof:
+        text += (f"\nOne stored-cache chunk ({prof['chunk']}) off the loop, best of 3: reference line read "
+                 f"{prof['read_ms']:.1f} ms, judge_chunk {prof['judge_ms']:.1f} ms.\n")
     (args.out / "gpu_parity_loop.md").write_text(text)
     print(text)
     return 0
@@ -301,6 +393,13 @@ def markdown(meta: dict[str, Any], s: dict[str, Any]) -> str:
                          f"{ms(s[f'{loop}_{seg}_wall_ms'])} | {ratio(r)} |")
     lines.append(f"| **whole loop** | {meta['chunks']} | | | | parity {ms(s['parity_wall_s'] * 1e3)}, benchmark "
                  f"{ms(s['benchmark_wall_s'] * 1e3)} | **{ratio(s['ratio_median_of_reps'])}** |")
+    parts = s.get("parity_parts_ms", {})
+    if parts:
+        lines += ["", "Parity loop per chunk, mean (P50) ms: " + "; ".join(
+            f"{label}: " + ", ".join(f"{part} {v['mean']:.1f} ({v['p50']:.1f})" for part, v in parts[seg].items())
+            for seg, label in (("plain", "without stored caches"), ("stored", "with stored caches")) if seg in parts)
+            + " (read: the reference line parsed; step: stream.step, caches fetched where stored; judge: "
+              "judge_chunk and the loop's bookkeeping)."]
     lines += ["", f"Stream opening (initial caches up, once): parity {s['open_bytes']['parity']}, benchmark "
               f"{s['open_bytes']['benchmark']} bytes (H2D, D2H).  Parity verdicts (last repetition): "
               f"{s['verdicts_last_rep']}; worst max abs {s['worst_max_abs']}.", ""]
