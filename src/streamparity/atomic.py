@@ -22,9 +22,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: never a half-written file."""
+    """Write via a temp file in the same folder, fsync, then rename: never a half-written file.  A target that
+    is a directory raises IsADirectoryError naming the target (not the temp file)."""
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, _FILE_MODE)

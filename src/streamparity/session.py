@@ -100,6 +100,15 @@ class ParitySession:
             ids = self.reference.chunk_ids
             raise StreamparityError(f"--chunks {cfg.chunks.text} selects no chunk of the reference "
                                     f"({ids[0]}..{ids[-1]})", file=str(self.reference.path), field="--chunks")
+        if cfg.chunks is not None:
+            ids = self.reference.chunk_ids
+            held = set(ids)
+            outside = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in cfg.chunks.ranges
+                       if lo < ids[0] or hi > ids[-1] or (lo == hi and lo not in held)]
+            if outside:  # a part of the selection would silently judge nothing
+                raise StreamparityError(f"--chunks {cfg.chunks.text}: {', '.join(outside)} reaches outside the "
+                                        f"reference, which holds chunks {ids[0]}..{ids[-1]}",
+                                        file=str(self.reference.path), field="--chunks")
         self._backends: dict[str, Backend | BackendUnavailable | StreamparityError] = {}
         self._runs: dict[tuple[str, str], RunResult] = {}
         self._ref_report: ReferenceReport | None = None

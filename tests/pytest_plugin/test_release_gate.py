@@ -170,3 +170,20 @@ def test_baseline_from_another_environment_compares_with_one_line(baseline: Path
     assert p.returncode == 0 and "INTERNALERROR" not in text, _out(p)
     note = [ln for ln in text.splitlines() if "saved on another machine" in ln]
     assert note and "node" in note[0] and len(note[0]) < 400, _out(p)
+
+
+def test_a_baseline_missing_its_stats_is_a_usage_error(baseline: Path, tmp_path: Path) -> None:
+    """A saved run whose stats lack a figure (edited, or written by something else) is refused up front: it
+    would end pytest-benchmark's own comparison table in a traceback, after a gate line that said PASS."""
+    import json
+    import shutil
+
+    storage = tmp_path / "edited"
+    shutil.copytree(baseline, storage)
+    saved = next(storage.rglob("0001_baseline.json"))
+    doc = json.loads(saved.read_text())
+    del doc["benchmarks"][0]["stats"]["median"]
+    saved.write_text(json.dumps(doc))
+    p = run_bench(tmp_path, storage, "--benchmark-compare", "--benchmark-compare-fail=median:50%")
+    out = _out(p)
+    assert p.returncode == 4 and "has no numeric stats.median" in out and "Traceback" not in out, out

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streamparity.backends.external.options import add_cli_arguments, configure_from_args
+from streamparity.cli.validators import non_negative_int
 
 
 def register(sub: Any) -> None:
@@ -29,7 +30,7 @@ def register(sub: Any) -> None:
                    help="ONNX model for in-process backends (default: the contract's)")
     p.add_argument("--reference", type=existing_file, default=None, metavar="PATH",
                    help="reference JSONL (default: the contract's)")
-    p.add_argument("--upto", type=int, default=None, metavar="K",
+    p.add_argument("--upto", type=non_negative_int, default=None, metavar="K",
                    help="last chunk to record (default: every chunk of the reference)")
     add_cli_arguments(p)
     p.set_defaults(func=run)

@@ -121,7 +121,11 @@ def _violation_keys(violations: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     configure_from_args(args)
     meta, contract, onnx, inputs, expected, actual = bundle_context(args.bundle, args.contract, args.onnx)
-    spec = args.backend or parse_backend_spec(str(meta["backend"]))
+    try:
+        spec = args.backend or parse_backend_spec(str(meta["backend"]))
+    except argparse.ArgumentTypeError as e:
+        raise StreamparityError(f"{e}; rerun it on another with --backend=ID", file=str(args.bundle),
+                                field="meta.backend") from None
     print(f"repro: {args.bundle}: contract {contract.name}, chunk {meta['chunk']} ({meta['mode']}), recorded on "
           f"{meta['backend']}; rerunning on {spec.id} with {onnx}")
     with tempfile.TemporaryDirectory(prefix="streamparity-repro-") as tmp:

@@ -51,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"streamparity {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output path that is a directory, a file where a folder must be, ...
+        if args.traceback:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"streamparity {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"streamparity {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streamparity.contract.model import ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, Contract, TensorSpec
+from streamparity.contract.model import ROLE_AUDIO, ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, Contract, TensorSpec
 from streamparity.errors import ModelMismatch
 from streamparity.onnx_wire import ValueInfo, WireError, read_io
 
@@ -56,6 +56,11 @@ def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outpu
     file = str(onnx_path)
     got_in = {i.name: i for i in inputs}
     got_out = {o.name: o for o in outputs}
+    known = {spec.name for spec in contract.inputs}
+    extra = [n for n in got_in if n not in known]
+    if extra:  # no driver would feed it: every chunk would fail in the runtime
+        raise ModelMismatch(f"model has input(s) {', '.join(map(repr, extra))} that the contract does not name "
+                            f"(contract inputs: {', '.join(sorted(known))})", file=file, field=f"inputs.{extra[0]}")
     for section, specs, got in (("inputs", contract.inputs, got_in), ("outputs", contract.outputs, got_out)):
         for spec in specs:
             if spec.name not in got:
@@ -71,6 +76,13 @@ def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outpu
                 raise ModelMismatch(f"{spec.name} has rank {len(shape)} in the model ({shape}), contract says "
                                     f"{spec.shape_str()}", file=file, field=f"{section}.{spec.name}")
             _layout_check(contract, spec, shape, file, f"{section}.{spec.name}")
+            if spec.role == ROLE_AUDIO and shape and isinstance(shape[-1], int) and shape[-1] > 0:
+                frames = sorted({contract.streaming.first_chunk_frames, contract.streaming.chunk_frames})
+                if frames != [shape[-1]]:  # the schedule feeds chunks the model cannot take
+                    raise ModelMismatch(f"{spec.name} has {shape[-1]} frames fixed in the model {_fmt(shape)}, the "
+                                        f"contract's schedule feeds {' and '.join(map(str, frames))} "
+                                        "(streaming.first_chunk_frames, chunk_frames)", file=file,
+                                        field=f"{section}.{spec.name}")
             for axis, (m, c) in enumerate(zip(shape, spec.shape)):
                 if not isinstance(m, int) or m <= 0:  # symbolic (or ORT's -1/None): any contract value fits
                     continue

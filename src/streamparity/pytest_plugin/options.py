@@ -35,6 +35,8 @@ REBUILD_SINCE_KEY = "streamparity_rebuild_since"
 
 
 def _path(text: str) -> Path:
+    if not text.strip():  # `--report-dir=` would mean the working directory, whose files a run then owns
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder")
     return Path(text).expanduser()
 
 
@@ -93,8 +95,8 @@ def _backends(config: pytest.Config) -> list[BackendSpec]:
     """The --backend ids, their kinds checked once every plugin had the chance to register its own."""
     config.hook.pytest_streamparity_backends(register=register_backend)
     try:
-        return [parse_backend_spec(b.id) for b in config.option.backend or []] or \
-            [parse_backend_spec(b) for b in DEFAULT_BACKENDS]
+        given = list(dict.fromkeys(b.id for b in config.option.backend or []))  # a repeated id runs once
+        return [parse_backend_spec(b) for b in given] or [parse_backend_spec(b) for b in DEFAULT_BACKENDS]
     except argparse.ArgumentTypeError as e:
         raise pytest.UsageError(f"argument --backend: {e}") from None
 

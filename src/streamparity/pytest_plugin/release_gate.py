@@ -106,8 +106,16 @@ def start(session: pytest.Session) -> None:
             "  (--benchmark-storage must name the same folder in both runs)")
     baseline: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
+    needed = {"min", "max", "mean", "stddev", "median", "iqr", "ops"} | {c.field for c in bs.compare_fail}
     for path, mapping in bs.compared_mapping.items():
         for name, bench in mapping.items():
+            stats = bench.get("stats") if isinstance(bench, dict) else None
+            bad = sorted(f for f in needed if not isinstance(stats, dict) or isinstance(stats.get(f), bool)
+                         or not isinstance(stats.get(f), (int, float)) or stats.get(f) != stats.get(f))
+            if bad:  # pytest-benchmark's own table would end the run in a traceback on it
+                raise pytest.UsageError(f"streamparity release gate: {bs.storage}/{path}: benchmark {name!r} has no "
+                                        f"numeric stats.{', stats.'.join(bad)}: not a baseline to compare with "
+                                        "(save it again)")
             baseline[name], sources[name] = bench, str(path)
     config.stash[_GATE] = ReleaseGate(list(bs.compare_fail), baseline, sources, str(bs.storage))
     bs.compare_fail = []  # judged per benchmark by the tests; pytest-benchmark still prints the comparison table

@@ -162,7 +162,7 @@ class PluginSession:
             return
         for line in extra:
             terminalreporter.write_line(line)
-        if not self.collector.records:
+        if not self.collector.records and not isinstance(self._parity, ParitySession):
             if self.run_dir is not None:
                 self.run_dir.close(complete=True)  # nothing to report: the run still completed
             return

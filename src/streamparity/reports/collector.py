@@ -198,7 +198,9 @@ class SummaryCollector:
                    if isinstance(p, dict) and p.get("kind") == "latency"]
         paired = [{**p, "outcome": outcome, "nodeid": nodeid} for nodeid, outcome, p in self.records
                   if isinstance(p, dict) and p.get("kind") == "latency_paired"]
-        return {"streamparity_summary": SUMMARY_VERSION, **meta, "verdict": overall(runs, [*latency, *paired]),
+        reference_ok = (meta.get("reference_check") or {}).get("ok", True) is not False
+        return {"streamparity_summary": SUMMARY_VERSION, **meta,
+                "verdict": overall(runs, [*latency, *paired], reference_ok=reference_ok),
                 "runs": runs, "latency": latency, "latency_paired": paired}
 
     def write(self, report_dir: Path, meta: dict[str, Any]) -> list[Path]:

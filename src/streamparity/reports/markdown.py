@@ -154,7 +154,11 @@ def _stability_section(doc: Mapping[str, Any], figures: Mapping[str, Path], repo
                            "early mean", "late mean", "late/early", "max", "P99"], rows), ""]
         lines += reasons + ([""] if reasons else [])
     else:
-        lines += ["No stability gate ran (select it with `-m stability`).", ""]
+        judged = [f"{r.get('backend')} {r.get('mode')}: {r.get('stability_outcome')}" for r in doc.get("runs", [])
+                  if r.get("stability_outcome")]
+        lines += ([f"The stability test ran without figures to show ({'; '.join(judged)}): chunks that did not "
+                   "run, or a skip; its test says why.", ""] if judged
+                  else ["No stability gate ran (select it with `-m stability`).", ""])
     for r in doc.get("runs", []):
         st = r.get("stability") or {}
         gate_reason = gate_reason or next((v.get("reason", "") for v in st.values() if isinstance(v, dict)
@@ -257,6 +261,11 @@ def render(doc: Mapping[str, Any], figures: Mapping[str, Path], report_dir: Path
              *([f"Run `{run.get('id')}`, started {run.get('started')}.", ""] if run else []),
              "Machine-readable: [`summary.json`](summary.json); per-test JUnit XML properties with "
              "`--junitxml` (property `streamparity` holds each test's payload).", ""]
+    rc = doc.get("reference_check")
+    if isinstance(rc, Mapping) and rc.get("ok") is False:
+        first = rc.get("format_error") or next(iter(rc.get("violations") or []), None) or \
+            (rc.get("offline") or {}).get("coverage", "the offline comparison failed")
+        lines += [f"**The reference was rejected before any runtime was judged**: {_cell(first)[:400]}", ""]
     lines += _verdict_section(doc)
     lines += _gates_section(doc)
     lines += _stability_section(doc, figures, report_dir)

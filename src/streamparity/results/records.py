@@ -172,9 +172,10 @@ def record_from_dict(d: dict[str, Any]) -> Record | None:
     return cls.from_dict(d) if cls is not None else None
 
 
-def overall(runs: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
-    """The run's verdict: the worst of every backend x mode run and every benchmark; NO RUNS when nothing ran."""
-    outcomes = [str(r.get("verdict", "")).lower() for r in runs]
+def overall(runs: list[dict[str, Any]], latency: list[dict[str, Any]], *, reference_ok: bool = True) -> str:
+    """The run's verdict: the worst of every backend x mode run and every benchmark; FAIL when the reference
+    itself was rejected (no runtime is judged then); NO RUNS when nothing ran."""
+    outcomes = [str(r.get("verdict", "")).lower() for r in runs] + ([] if reference_ok else ["fail"])
     outcomes += ["fail" if lat.get("outcome") == "failed" else "pass" for lat in latency
                  if lat.get("outcome") in ("passed", "failed")]
     judged: list[Verdict] = [o for o in outcomes if o in ("pass", "warn", "fail")]  # type: ignore[misc]

@@ -98,4 +98,10 @@ def drift_rate(text: str | None) -> float:
 
 def pytest_streamparity_backends(register: Any) -> None:
     """Loaded with ``-p streamparity.tools.drift_fault``: adds the ``drift`` kind (``--backend=drift-cpu-fp32``)."""
+    try:
+        drift_rate(os.environ.get("STREAMPARITY_DRIFT_RATE"))  # a bad rate is a usage error, not 11 failed tests
+    except StreamparityError as e:
+        import pytest
+
+        raise pytest.UsageError(str(e)) from None
     register("drift", _factory)

@@ -74,7 +74,10 @@ class ExternalBackend(Backend):
             return self._proc
         if self._proc is not None:
             self.restarts += 1
-        proc = RuntimeProcess(self.cfg.command, label=f"{self.id}", timeout=self.cfg.timeout)
+        try:
+            proc = RuntimeProcess(self.cfg.command, label=f"{self.id}", timeout=self.cfg.timeout)
+        except RuntimeFault as e:  # the command cannot be started (not found, not executable)
+            raise StreamparityError(str(e), field="--runtime") from None
         try:
             reply = proc.request("describe", {"protocol": PROTOCOL_VERSION}, what="at start")
         except RuntimeFault as e:

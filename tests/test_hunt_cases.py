@@ -1,0 +1,114 @@
+"""Cases from a hunt of bad inputs and faults (issue 12): each is one clear line with the right exit code, or
+a verdict that says why; never a traceback, a silent pass or a report that lies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, TINY_ONNX, TINY_REFERENCE, run_cli, run_pytest
+from tests.test_bad_inputs import _garbage_b64, _set, assert_clean_error, make_reference
+
+onnx = pytest.importorskip("onnx")
+
+
+def _extra_input_onnx(tmp_path: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(TINY_ONNX))
+    m.graph.input.append(helper.make_tensor_value_info("extra_in", TensorProto.FLOAT, [1]))
+    p = tmp_path / "extra_input.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+def _fixed_frames_onnx(tmp_path: Path) -> Path:
+    m = onnx.load(str(TINY_ONNX))
+    audio = next(i for i in m.graph.input if i.name == "audio_signal")
+    audio.type.tensor_type.shape.dim[2].dim_value = 30  # the schedule feeds 25 frames
+    p = tmp_path / "fixed30.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+@pytest.mark.parametrize("case", ["extra-input", "fixed-frames", "empty-report-dir", "chunks-outside",
+                                  "drift-rate"])
+def test_bad_run_inputs_are_one_usage_error(tmp_path: Path, case: str) -> None:
+    env_rate = None
+    if case == "extra-input":
+        args, needle = [f"--onnx={_extra_input_onnx(tmp_path)}"], "model has input(s) 'extra_in' that the contract"
+    elif case == "fixed-frames":
+        args, needle = [f"--onnx={_fixed_frames_onnx(tmp_path)}"], "30 frames fixed in the model"
+    elif case == "empty-report-dir":
+        args, needle = ["--report-dir="], "argument --report-dir: an empty path"
+    elif case == "chunks-outside":
+        args, needle = ["--chunks=0,500"], "500 reaches outside the reference, which holds chunks 0..299"
+    else:
+        args, needle, env_rate = ["-p", "streamparity.tools.drift_fault", "--backend=drift-cpu-fp32"], \
+            "$STREAMPARITY_DRIFT_RATE: 'abc' is not a finite number", "abc"
+    env = {**os.environ, **({"STREAMPARITY_DRIFT_RATE": env_rate} if env_rate else {})}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    cmd = [sys.executable, "-m", "pytest", "-m", "parity", "-q", "--chunks=0-3", *args]
+    if not any(a.startswith("--report-dir") for a in args):
+        cmd.append(f"--report-dir={tmp_path / 'rep'}")
+    if case == "chunks-outside":
+        cmd.remove("--chunks=0-3")
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert_clean_error(r, needle, code=4)
+
+
+def test_a_repeated_backend_runs_once(tmp_path: Path) -> None:
+    r = run_pytest("-m", "parity and functional", "--backend=ort-cpu-fp32", "--backend=ort-cpu-fp32",
+                   "--chunks=0-1", f"--report-dir={tmp_path}", "-q")
+    assert r.returncode == 0, r.stdout[-2000:]
+    runs = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert [(x["backend"], x["chunks"]) for x in runs] == [("ort-cpu-fp32", 2)]
+
+
+def test_a_rejected_reference_still_writes_a_failing_report(tmp_path: Path) -> None:
+    bad = make_reference(tmp_path / "bad.jsonl", _set("outputs", "cache_last_time_next", _garbage_b64))
+    r = run_pytest("-m", "parity", "--backend=ort-cpu-fp32", f"--reference={bad}", f"--report-dir={tmp_path / 'r'}",
+                   "-q")
+    assert r.returncode == 1
+    doc = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert doc["verdict"] == "FAIL" and doc["reference_check"]["ok"] is False
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "**Overall: FAIL**" in report and "The reference was rejected before any runtime was judged" in report
+
+
+@pytest.mark.parametrize("case", ["init-contract-out-dir", "check-reference-json-dir", "record-negative-upto",
+                                  "record-missing-runtime", "repro-unknown-backend"])
+def test_cli_errors_are_one_line(tmp_path: Path, case: str) -> None:
+    if case == "init-contract-out-dir":
+        r, needle = run_cli("init-contract", f"--onnx={TINY_ONNX}", f"--out={tmp_path}"), "is a directory"
+    elif case == "check-reference-json-dir":
+        r, needle = run_cli("check-reference", str(TINY_REFERENCE), "--no-bench", f"--json={tmp_path}"), \
+            "Is a directory"
+    elif case == "record-negative-upto":
+        r, needle = run_cli("record", "--backend=ort-cpu-fp32", f"--out={tmp_path / 'rec'}", "--upto=-1"), \
+            "argument --upto"
+    elif case == "record-missing-runtime":
+        r, needle = run_cli("record", "--backend=ext-cpp-fp32", "--runtime=cpp:fp32=/nonexistent/serve",
+                            f"--out={tmp_path / 'rec'}", "--upto=1"), "cannot be started"
+    else:
+        from streamparity.tools import onnx_faults as F
+
+        stuck = F.save(F.passthrough(F.load(TINY_ONNX), "cache_last_channel_next_len", "cache_last_channel_len"),
+                       tmp_path / "stuck.onnx")
+        run_pytest("-m", "parity and functional", f"--onnx={stuck}", "--backend=ort-cpu-fp32", "--chunks=1",
+                   f"--report-dir={tmp_path / 'rep'}", "-q")
+        bundle = next((tmp_path / "rep" / "bundles").glob("*.npz"))
+        with np.load(bundle) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta").tobytes())
+        meta["backend"] = "foo-cpu-fp32"
+        edited = tmp_path / "edited.npz"
+        np.savez(edited, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        r, needle = run_cli("repro", str(edited)), "invalid backend 'foo-cpu-fp32'"
+    assert_clean_error(r, needle, code=2)
