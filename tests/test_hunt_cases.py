@@ -112,3 +112,19 @@ def test_cli_errors_are_one_line(tmp_path: Path, case: str) -> None:
         np.savez(edited, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
         r, needle = run_cli("repro", str(edited)), "invalid backend 'foo-cpu-fp32'"
     assert_clean_error(r, needle, code=2)
+
+
+def test_cli_contract_options_take_shipped_names_and_odd_files_are_named(tmp_path: Path) -> None:
+    assert run_cli("check-contract", "tiny-parakeet").returncode == 0
+    r = run_cli("check-reference", str(TINY_REFERENCE), "--contract=tiny-parakeet", "--no-bench")
+    assert r.returncode == 0 and "contract invariants" in r.stdout, r.stderr
+    assert_clean_error(run_cli("repro", str(tmp_path)), "is a directory, not a file", code=2)
+    r = run_pytest("-m", "parity", "--reference=/dev/zero", "--collect-only", "-q")
+    assert_clean_error(r, "reference is not a regular file", code=4)
+
+
+@pytest.mark.parametrize("reason", ["TODO", "todo: measure it", "TODO:x", "  Todo later"])
+def test_every_spelling_of_todo_is_undecided(reason: str) -> None:
+    from streamparity.contract.markers import is_todo
+
+    assert is_todo(reason) and not is_todo("a reason that mentions todo later")

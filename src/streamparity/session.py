@@ -52,6 +52,9 @@ class SessionConfig:
 def _require_file(path: Path, what: str, field: str) -> None:
     if path.is_dir():
         raise StreamparityError(f"{what} is a directory, not a file", file=str(path), field=field)
+    if path.exists() and not path.is_file():
+        raise StreamparityError(f"{what} is not a regular file (a device, FIFO or socket)", file=str(path),
+                                field=field)
     if not path.is_file():
         raise StreamparityError(f"{what} not found", file=str(path), field=field)
 

@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamparity.cli.validators import contract_file
 from streamparity.errors import ContractError
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("check-contract", help="list every violation in a contract (exit 2 if any)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("contract", type=Path, metavar="PATH", help="contract JSON")
+    p.add_argument("contract", type=contract_file, metavar="PATH|NAME",
+                   help="contract JSON, or a shipped contract's name")
     p.set_defaults(func=run)
 
 

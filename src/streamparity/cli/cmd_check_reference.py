@@ -29,10 +29,10 @@ from streamparity.reference.reader import ReferenceFile
 def register(sub: Any) -> None:
     p = sub.add_parser("check-reference", help="validate a reference JSONL, index it, measure read throughput",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from streamparity.cli.validators import existing_file
+    from streamparity.cli.validators import contract_file
 
     p.add_argument("reference", type=Path, metavar="PATH", help="reference JSONL")
-    p.add_argument("--contract", type=existing_file, default=None, metavar="PATH",
+    p.add_argument("--contract", type=contract_file, default=None, metavar="PATH|NAME",
                    help="contract JSON to check the invariants against (default: the contract under contracts/ "
                         "whose name the reference header names; format checks only when there is none)")
     p.add_argument("--bench-chunks", default="8", metavar="N|all",

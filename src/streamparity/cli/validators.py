@@ -41,11 +41,20 @@ def positive_float(text: str) -> float:
 
 def existing_file(text: str) -> Path:
     p = Path(text)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    if p.exists() and not p.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular file (a device, FIFO or socket)")
     if not p.is_file():
         raise argparse.ArgumentTypeError(f"{text!r}: no such file")
     return p
 
 
+def contract_file(text: str) -> Path:
+    """A contract path, or the name of a shipped contract (as pytest's --contract takes it)."""
+    from streamparity.contract.shipped import contract_by_name_or_path
+
+    return existing_file(str(contract_by_name_or_path(text)))
 
 def regex(text: str) -> str:
     """An argparse type: a valid regular expression."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +16,12 @@ def todo(text: str) -> str:
     return TODO_PREFIX + text
 
 
+_TODO_WORD = re.compile(r"\s*todo\b", re.IGNORECASE)
+
+
 def is_todo(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(TODO_PREFIX)
+    """A string that starts with the word TODO, in any case and punctuation ("TODO", "todo: x", "TODO:x")."""
+    return isinstance(value, str) and _TODO_WORD.match(value) is not None
 
 
 def json_path(path: Sequence[Any]) -> str:

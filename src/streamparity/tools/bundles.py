@@ -158,6 +158,11 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
                 if a.dtype.kind not in "fiub":
                     raise StreamparityError(f"array {key[:60]} has non-numeric dtype {a.dtype}", file=file,
                                             field=key[:60])
+                if g == "expected" and a.dtype.kind == "f" and not np.isfinite(a).all():
+                    # expected outputs come from a checked reference: NaN/Inf there cannot be judged against
+                    raise StreamparityError(f"expected output {name[:60]} holds {int((~np.isfinite(a)).sum())} "
+                                            "non-finite values: not what the reference held", file=file,
+                                            field=key[:60])
                 groups[g][name] = a
     except StreamparityError:
         raise
