@@ -128,3 +128,40 @@ def test_every_spelling_of_todo_is_undecided(reason: str) -> None:
     from streamparity.contract.markers import is_todo
 
     assert is_todo(reason) and not is_todo("a reason that mentions todo later")
+
+
+def test_truncated_external_weights_are_refused_up_front(tmp_path: Path) -> None:
+    m = onnx.load(str(TINY_ONNX))
+    model = tmp_path / "ext.onnx"
+    onnx.save_model(m, str(model), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+                    size_threshold=1024)
+    data = tmp_path / "ext.data"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    r = run_pytest("-m", "parity", f"--onnx={model}", "--collect-only", "-q")
+    assert_clean_error(r, "external data file ext.data holds", "(truncated?)", code=4)
+
+
+def test_a_reference_with_foreign_tensors_or_layout_and_a_wrong_offline_batch_are_rejected(tmp_path: Path) -> None:
+    def extra(obj: dict) -> None:
+        obj["inputs"]["bogus"] = obj["inputs"]["length"]
+
+    r = run_cli("check-reference", str(make_reference(tmp_path / "x.jsonl", extra)), "--contract=tiny-parakeet",
+                "--no-bench")
+    assert_clean_error(r, "not a tensor of the contract", code=2)
+    from streamparity.contract.loading import load_contract
+    from streamparity.reference.checks import check_reference
+    from streamparity.reference.reader import ReferenceFile
+
+    tiny = load_contract(ROOT / "contracts" / "tiny-parakeet.contract.json")
+    with np.load(ROOT / "fixtures" / "tiny" / "offline.npz") as z:
+        np.savez(tmp_path / "b2.npz", encoded=np.concatenate([z["encoded"]] * 2), warmup_chunks=z["warmup_chunks"])
+    rep = check_reference(tiny, ReferenceFile(TINY_REFERENCE), offline_path=tmp_path / "b2.npz")
+    assert not rep.ok and "not the same batch" in str(rep.format_error) and "b2.npz" in str(rep.format_error)
+
+
+def test_a_contract_path_in_the_environment_that_is_missing_names_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAMPARITY_CONTRACT": str(tmp_path / "nope.json")}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "parity", "--collect-only", "-q"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert_clean_error(r, "$STREAMPARITY_CONTRACT:", "nope.json", code=4)

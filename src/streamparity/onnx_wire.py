@@ -20,7 +20,7 @@ GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_SPARSE_INITIALIZ
 NODE_ATTRIBUTE = 5
 ATTR_T, ATTR_G, ATTR_TENSORS, ATTR_GRAPHS, ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
-TENSOR_NAME, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 8, 13, 14
+TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 1, 2, 8, 13, 14
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 VALUE_NAME, VALUE_TYPE = 1, 2
 TYPE_TENSOR = 1
@@ -204,21 +204,54 @@ def _sparse(buf: memoryview) -> Iterator[memoryview]:
 
 def external_locations(path: str | Path) -> set[str]:
     """The ``location`` of every tensor whose data lives outside the file (relative to the model's folder)."""
-    out: set[str] = set()
+    return set(external_extents(path))
+
+
+ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+def external_extents(path: str | Path) -> dict[str, int]:
+    """location -> the bytes its tensors need (the furthest ``offset + length`` into that file; the length from
+    dims x element size where the entry names none), so that a truncated weight file is found before a runtime
+    trips over it."""
+    out: dict[str, int] = {}
     with _mapped(Path(path)) as data:
         for t in _tensors(_graph(data)):
-            external, location = False, None
+            external, entry, dims, elem = False, {}, [], 0
             for num, wt, val in fields(t):
                 if num == TENSOR_DATA_LOCATION and wt == 0:
                     external = val == DATA_LOCATION_EXTERNAL
                 elif num == TENSOR_EXTERNAL_DATA and wt == 2:
                     assert isinstance(val, memoryview)
-                    entry = {k: _text(v) for k, w, v in fields(val) if w == 2 and isinstance(v, memoryview)}
-                    if entry.get(ENTRY_KEY) == "location":
-                        location = entry.get(ENTRY_VALUE)
-            if external and location:
-                out.add(location)
+                    kv = {k: _text(v) for k, w, v in fields(val) if w == 2 and isinstance(v, memoryview)}
+                    if ENTRY_KEY in kv:
+                        entry[kv[ENTRY_KEY]] = kv.get(ENTRY_VALUE, "")
+                elif num == TENSOR_DIMS:
+                    dims += _packed_ints(val) if isinstance(val, memoryview) else [int(val)]
+                elif num == TENSOR_DATA_TYPE and wt == 0:
+                    assert isinstance(val, int)
+                    elem = val
+            location = entry.get("location")
+            if not external or not location:
+                continue
+            try:
+                offset = int(entry.get("offset") or 0)
+                numel = 1
+                for d in dims:
+                    numel *= max(d, 0)
+                length = int(entry["length"]) if entry.get("length") else numel * ITEM_BYTES.get(elem, 0)
+            except ValueError:
+                raise WireError(f"tensor {_tensor_name(t)!r}: external data offset/length is not a number") from None
+            out[location] = max(out.get(location, 0), offset + length)
     return out
+
+
+def _packed_ints(buf: memoryview) -> list[int]:
+    vals, pos = [], 0
+    while pos < len(buf):
+        v, pos = _varint(buf, pos)
+        vals.append(v)
+    return vals
 
 
 class _mapped:
@@ -244,4 +277,4 @@ class _mapped:
         self._f.close()
 
 
-__all__ = ["ELEM_TYPES", "ValueInfo", "WireError", "external_locations", "fields", "read_io"]
+__all__ = ["ELEM_TYPES", "ValueInfo", "WireError", "external_extents", "external_locations", "fields", "read_io"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streamparity.errors import ModelMismatch
-from streamparity.onnx_wire import WireError, external_locations
+from streamparity.onnx_wire import WireError, external_extents
 
 EXTERNAL_DATA_ABOVE = 1 << 30
 """FP16 copies larger than this (bytes of tensor data) are written with their tensors in a separate file."""
@@ -65,15 +65,22 @@ def external_data_files(path: Path) -> list[Path]:
     that is not a readable ONNX model (whoever loads it reports that).  A referenced file that is missing
     raises ModelMismatch naming it."""
     try:
-        locations = external_locations(path)
+        extents = external_extents(path)
     except (OSError, WireError):  # not ONNX, truncated, ...: not this function's verdict
         return []
-    files = sorted(Path(path).parent / loc for loc in locations)
+    files = sorted(Path(path).parent / loc for loc in extents)
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise ModelMismatch(f"the model keeps weights in {len(files)} external data file(s) beside it, and "
                             f"{len(missing)} are missing: {', '.join(f.name for f in missing[:5])}"
                             + (" ..." if len(missing) > 5 else ""), file=str(path))
+    short = [(loc, need, (Path(path).parent / loc).stat().st_size) for loc, need in sorted(extents.items())
+             if (Path(path).parent / loc).stat().st_size < need]
+    if short:
+        loc, need, have = short[0]
+        raise ModelMismatch(f"external data file {loc} holds {have} bytes, the model's tensors need {need} "
+                            f"(truncated?)" + (f"; {len(short) - 1} more files short" if len(short) > 1 else ""),
+                            file=str(path))
     return files
 
 

@@ -35,7 +35,10 @@ def default_contract() -> Path:
     """``$STREAMPARITY_CONTRACT`` (a name or a path) or the embedded default; ArgumentTypeError for a bad name."""
     env = os.environ.get("STREAMPARITY_CONTRACT")
     if env:
-        return contract_by_name_or_path(env)
+        path = contract_by_name_or_path(env)
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{env[:200]!r} is neither a shipped contract's name nor a contract file")
+        return path
     return contracts_folder() / f"{DEFAULT_NAME}.contract.json"
 
 

@@ -118,7 +118,19 @@ def _check_chunks(contract: Contract, ref: ReferenceFile, report: ReferenceRepor
     pad = contract.streaming.cache_output_time_dim == "dynamic_pad_to_input"
     prev_out: dict[str, np.ndarray] | None = None
     encoded: list[np.ndarray] = []
+    layout = ref.header.get("cache_layout")
+    if layout is not None and layout != contract.cache_layout and ref.chunk_ids:
+        report.violations.append(Violation(ref.chunk_ids[0], "header.cache_layout",
+                                           f"the reference says its caches are {layout!r}, the contract "
+                                           f"{contract.cache_layout!r}"))
+    known = {"inputs": {t.name for t in contract.inputs}, "outputs": {t.name for t in contract.outputs}}
     for pos, rec in enumerate(ref):
+        for section, tensors in (("inputs", rec.inputs), ("outputs", rec.outputs)):
+            extra = sorted(set(tensors) - known[section])
+            if extra:  # another model's reference, or a renamed tensor: never silently ignored
+                report.violations.append(Violation(rec.chunk, f"{section}.{extra[0]}",
+                                                   f"not a tensor of the contract ({len(extra)} such: "
+                                                   f"{', '.join(extra[:4])})"))
         has_caches = all(n in rec.inputs for n in feeds.values())
         if has_caches:
             report.functional_chunks.append(rec.chunk)
@@ -152,6 +164,8 @@ def _check_chunks(contract: Contract, ref: ReferenceFile, report: ReferenceRepor
                         report.violations.append(Violation(
                             rec.chunk, in_name, f"{got.reshape(-1).tolist()} but chunk {rec.chunk - 1} produced "
                             f"{want.reshape(-1).tolist()}: the cache was not carried over (reset?)"))
+                elif np.array_equal(want, got):  # a chained reference: bit for bit (NaN is not equal: below)
+                    pass
                 else:
                     diff = float(np.max(np.abs(want.astype(np.float64) - got))) if want.size else 0.0
                     if not diff <= CHAIN_ATOL:
@@ -178,7 +192,12 @@ def load_offline_encoded(offline_path: Path) -> np.ndarray:
 def check_offline(contract: Contract, encoded: list[np.ndarray], offline_path: Path) -> OfflineCheck:
     """Streaming outputs, concatenated over time, must match the offline full-context encoder output
     after the contract's warm-up (the first chunk is zero-padded, which takes a while to wash out)."""
-    return compare_offline(contract, encoded, load_offline_encoded(offline_path))
+    try:
+        return compare_offline(contract, encoded, load_offline_encoded(offline_path))
+    except ReferenceFormatError as e:
+        if e.file is not None:
+            raise
+        raise ReferenceFormatError(e.message, file=str(offline_path), field=e.field) from None
 
 
 def compare_offline(contract: Contract, encoded: list[np.ndarray], offline: np.ndarray) -> OfflineCheck:
@@ -189,6 +208,10 @@ def compare_offline(contract: Contract, encoded: list[np.ndarray], offline: np.n
     if not encoded:
         return OfflineCheck(0, 0, float("inf"), -1, atol, False)
     t = encoded[0].shape[-1]
+    if offline.ndim != encoded[0].ndim or offline.shape[:-1] != encoded[0].shape[:-1]:
+        raise ReferenceFormatError(f"offline output has shape {list(offline.shape)}, the stream's encoder output "
+                                   f"{list(encoded[0].shape[:-1])} + [frames]: not the same batch and features",
+                                   field="encoded")
     frames = int(offline.shape[-1])
     worst_abs, worst_chunk, n, beyond = 0.0, -1, 0, 0
     for k, enc in enumerate(encoded):

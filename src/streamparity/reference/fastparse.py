@@ -78,16 +78,16 @@ def parse_chunk_json(line: bytes, *, file: str, line_no: int, chunk: int) -> tup
     return out[0], out[1]
 
 
-def _skip_ws(line: bytes, i: int) -> int:
+def _skip_ws(line: bytes | bytearray, i: int) -> int:
     n = len(line)
     while i < n and line[i] in _WS:
         i += 1
     return i
 
 
-def _skeleton(line: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+def _skeleton(line: bytes | bytearray) -> tuple[bytes, list[tuple[int, int]]]:
     """The line with every ``"data_b64": "<payload>"`` payload replaced by a numbered placeholder."""
-    pieces: list[bytes] = []
+    pieces: list[bytes | bytearray] = []
     spans: list[tuple[int, int]] = []
     pos = 0
     search = 0
@@ -111,7 +111,7 @@ def _skeleton(line: bytes) -> tuple[bytes, list[tuple[int, int]]]:
         spans.append((j + 1, end))
         pos = search = end + 1
     if not spans:
-        return line, spans
+        return bytes(line), spans  # a reader's reusable buffer (bytearray) becomes bytes for json
     pieces.append(line[pos:])
     return b"".join(pieces), spans
 
@@ -157,7 +157,7 @@ def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: s
     return np.frombuffer(raw, dtype=dt).reshape(shape)
 
 
-def _parse_fast(line: bytes, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
+def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
     skel, spans = _skeleton(line)
     try:
         obj = strictjson.loads(skel, file=file, what="line", check_numbers=False)
@@ -187,9 +187,9 @@ def _parse_fast(line: bytes, file: str, line_no: int, chunk: int) -> tuple[Tenso
     return out[0], out[1]
 
 
-def parse_chunk_line(line: bytes, *, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
+def parse_chunk_line(line: bytes | bytearray, *, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
     """(inputs, outputs) of one chunk line; errors name file, line, chunk and field."""
     try:
         return _parse_fast(line, file, line_no, chunk)
     except _Fallback:
-        return parse_chunk_json(line, file=file, line_no=line_no, chunk=chunk)
+        return parse_chunk_json(bytes(line), file=file, line_no=line_no, chunk=chunk)

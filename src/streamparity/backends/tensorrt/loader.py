@@ -104,25 +104,44 @@ def build_options(contract: Contract, precision: str, typing_mode: str, *, timin
     return opts
 
 
-
 def _make_logger() -> Any:
     class _Logger(trt.ILogger):  # type: ignore[misc]
-        """Forwards TensorRT messages to logging and keeps the errors for exception messages."""
+        """Keeps TensorRT's messages for exception messages and for logging after the call (:meth:`flush`).
+
+        The callback only appends: TensorRT calls it from its own threads too, and a callback that does more
+        Python work (``logging`` takes locks, walks frames) can give up the GIL at a bytecode boundary while
+        TensorRT holds its logger's mutex; a second TensorRT thread then takes the GIL and waits on that mutex
+        (seen: a parser error under pytest-xdist hung in ``logging.findCaller``)."""
 
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.errors: list[str] = []
+            self.messages: list[tuple[Any, str]] = []
 
         def log(self, severity: Any, msg: str) -> None:
-            level = int(severity)
-            if level <= int(trt.ILogger.Severity.ERROR):
-                if "catchCudaError" not in msg:  # TensorRT-RTX repeats every error with this no-driver line
-                    self.errors.append(msg)
-                log.error("TensorRT: %s", msg)
-            elif level == int(trt.ILogger.Severity.WARNING):
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
+            self.messages.append((severity, msg))
+            if len(self.messages) > 2000:  # a long-lived runtime's logger keeps the latest
+                del self.messages[:1000]
+
+        def clear(self) -> None:
+            self.messages.clear()
+
+        @property
+        def errors(self) -> list[str]:
+            top = int(trt.ILogger.Severity.ERROR)
+            # TensorRT-RTX repeats every error with a catchCudaError no-driver line
+            return [m for sev, m in self.messages if int(sev) <= top and "catchCudaError" not in m]
+
+        def flush(self) -> None:
+            """Forward the kept messages to logging (errors, warnings, the rest at debug level)."""
+            kept, self.messages = self.messages, []
+            for sev, msg in kept:
+                level = int(sev)
+                if level <= int(trt.ILogger.Severity.ERROR):
+                    log.error("TensorRT: %s", msg)
+                elif level == int(trt.ILogger.Severity.WARNING):
+                    log.warning("TensorRT: %s", msg)
+                else:
+                    log.debug("TensorRT: %s", msg)
 
     return _Logger()
 
@@ -196,6 +215,14 @@ def build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timin
     """Build a serialized engine for `options` (see :func:`build_options`); `io`, when given, receives the
     network's inputs and outputs (:func:`network_io`) for the manifest."""
     logger = _make_logger()
+    try:
+        return _build_plan(onnx, contract, options, timing_path, io, logger)
+    finally:
+        logger.flush()
+
+
+def _build_plan(onnx: Path, contract: Contract, options: Mapping[str, Any], timing_path: Path,
+                io: dict[str, Any] | None, logger: Any) -> bytes:
     builder = trt.Builder(logger)
     strong = options["typing"] == "strong"
     flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if strong else 0

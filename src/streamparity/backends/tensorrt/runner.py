@@ -213,7 +213,7 @@ class TrtBackend(Backend):
     def _deserialize_or_skip(self, also: str | None = None) -> None:
         """Load the plan; where it cannot run here, BackendUnavailable with what the runtime said."""
         data = self.entry.read_plan()
-        self.logger.errors.clear()
+        self.logger.clear()
         engine = self.runtime.deserialize_cuda_engine(data)
         if engine is not None:
             self._engine = engine
