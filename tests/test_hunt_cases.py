@@ -165,3 +165,22 @@ def test_a_contract_path_in_the_environment_that_is_missing_names_the_variable(t
     r = subprocess.run([sys.executable, "-m", "pytest", "-m", "parity", "--collect-only", "-q"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120, check=False)
     assert_clean_error(r, "$STREAMPARITY_CONTRACT:", "nope.json", code=4)
+
+
+def test_an_index_whose_meta_was_forged_is_rebuilt_from_the_file(tmp_path: Path) -> None:
+    """A sidecar edited with its digest recomputed (so it reads as valid) cannot decide which chunks are judged:
+    every entry's chunk id and meta are checked against the line itself when the index is loaded."""
+    import shutil
+
+    from streamparity.reference import sidecar
+    from streamparity.reference.reader import ReferenceFile
+
+    ref = tmp_path / "r.jsonl"
+    shutil.copy(TINY_REFERENCE, ref)
+    ReferenceFile(ref)  # writes its sidecar
+    idx = ref.with_name(ref.name + ".idx.json")
+    doc = json.loads(idx.read_text())
+    doc["entries"][3][4]["has_caches"] = False
+    doc["digest"] = sidecar._digest(doc["header"], doc["entries"])
+    idx.write_text(json.dumps(doc))
+    assert ReferenceFile(ref).meta(3)["has_caches"] is True

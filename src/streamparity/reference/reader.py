@@ -189,10 +189,33 @@ class ReferenceFile:
             else:
                 self.header, self.entries = loaded
                 self._by_chunk = {e.chunk: e for e in self.entries}
-                return
+                wrong = self._first_entry_the_file_contradicts()
+                if wrong is None:
+                    return
+                log.warning("%s: its byte-offset index %s disagrees with line %d (chunk %d or its meta); "
+                            "rebuilding it", self.path, self.sidecar, wrong.line, wrong.chunk)
         self._build_index()
         if use_sidecar:
             self._write_sidecar(key)
+
+    def _first_entry_the_file_contradicts(self) -> IndexEntry | None:
+        """The first index entry whose line does not start with its chunk id and meta (our writer's lines put
+        both first); one small read per chunk, so that an edited index cannot decide which chunks are judged."""
+        with self.path.open("rb", buffering=0) as f:
+            for e in self.entries:
+                f.seek(max(e.offset - 1, 0))
+                before = f.read(1) if e.offset else b"\n"
+                head = f.read(min(e.length, _PREFIX))
+                if before != b"\n":
+                    return e
+                if head.startswith(b'{"chunk":'):
+                    try:
+                        found = _meta_from_prefix(head, str(self.path), e.line)
+                    except ReferenceFormatError:
+                        return e
+                    if found is not None and (found[0] != e.chunk or found[1] != dict(e.meta)):
+                        return e
+        return None
 
     def _write_sidecar(self, key: dict[str, Any]) -> None:
         if self._use_sidecar:
@@ -328,7 +351,9 @@ class ReferenceFile:
                 found = _meta_from_prefix(bytes(body[:_PREFIX]), str(self.path), e.line)
             except ReferenceFormatError:
                 return False
-            return found is None or found[0] == e.chunk
+            # the line's own chunk id and meta, not only the index's: an index whose meta was edited (and its key
+            # recomputed) would otherwise decide which chunks are functional
+            return found is None or (found[0] == e.chunk and found[1] == dict(e.meta))
         return True  # a foreign writer's line: its chunk id is checked when it is parsed
 
     def _parse(self, line: bytes | bytearray, e: IndexEntry) -> ChunkRecord:
