@@ -1,4 +1,4 @@
-"""The human-readable report of one run: ``report.md`` with its PNG plots, beside ``summary.json``.
+"""The human-readable report of one run: ``report.md`` with its SVG figures, beside ``summary.json``.
 
 Called by :meth:`streamparity.report.SummaryCollector.write` with the summary document.  Sections: the
 verdict table (backend x mode x output), run-level gates, stability figures and plots, the cache-length
