@@ -203,3 +203,13 @@ def test_a_short_fp16_selection_is_not_called_drift(session: ParitySession) -> N
     assert judged.verdict == "pass", judged.describe()
     cache = judged.results["cache_last_channel_next"]
     assert cache.fit_from == cache_fill_chunks(session.contract) and "filling" in " ".join(cache.notes)
+
+
+def test_a_fill_up_longer_than_the_series_still_judges_a_trend() -> None:
+    """Full size: the cache fills for 128 chunks and a reference holds 60; leaving the fill-up out would leave
+    nothing to fit and the drift gate would judge no trend at all."""
+    drift = 1e-6 + 5e-7 * np.arange(60) + 1e-8 * (-1.0) ** np.arange(60)
+    r = analyze(drift, GATE, Tolerance(atol=1e-3, rtol=0, reason="wide", p99_max_abs=1e-3), settle_from=128,
+                settle_reason="the cache fills")
+    assert r.verdict == "fail" and r.fit_from == 0, r.describe()
+    assert any("includes the fill-up" in n for n in r.notes)

@@ -172,3 +172,23 @@ def test_header_and_chunk_id_are_validated(tmp_path, old, new, needle):
     p.write_bytes(data.replace(old, new, 1))
     with pytest.raises(ReferenceFormatError, match=re.escape(needle)):
         ReferenceFile(p, use_sidecar=False)
+
+
+def test_a_kept_error_does_not_pin_the_reused_read_buffer(tmp_path):
+    """Lines of 1 MiB and more are read into one reused buffer; an error raised while parsing one (and kept,
+    as pytest keeps the last one) must not make the next read fail with BufferError."""
+    p = tmp_path / "big.jsonl"
+    rng = np.random.default_rng(1)
+    with ReferenceWriter(p, {}, 2) as w:
+        w.write(0, {}, {"x": rng.standard_normal(400_000).astype(np.float32)}, {})
+        w.write(1, {}, {"x": rng.standard_normal(410_000).astype(np.float32)}, {})
+    data = bytearray(p.read_bytes())
+    first = data.index(b'"data_b64": "') + len(b'"data_b64": "') + 100
+    data[first] = ord("*")  # not base64: chunk 0 cannot be decoded
+    p.write_bytes(bytes(data))
+    ref = ReferenceFile(p, use_sidecar=False)
+    try:
+        ref.read(0)
+    except ReferenceFormatError as e:
+        kept = e  # noqa: F841 - held on purpose, with its traceback
+    assert ref.read(1).inputs["x"].shape == (410_000,)

@@ -54,6 +54,8 @@ def contract_file(text: str) -> Path:
     """A contract path, or the name of a shipped contract (as pytest's --contract takes it)."""
     from streamparity.contract.shipped import contract_by_name_or_path
 
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty contract; give a path or a shipped contract's name")
     return existing_file(str(contract_by_name_or_path(text)))
 
 def regex(text: str) -> str:

@@ -245,9 +245,13 @@ def analyze(series: Sequence[float], gate: StabilityGate, tol: Tolerance, *,
     settled = x >= settle_from
     if settle_from > 0 and n and not settled.all():
         left = int((~settled).sum())
-        notes.append(f"{left} point(s) before chunk {settle_from} are left out of the trend and the windows"
-                     + (f" ({settle_reason})" if settle_reason else "") + "; they still count for max and P99")
-        x, y = x[settled], y[settled]
+        if int(settled.sum()) >= MIN_FIT_POINTS:
+            notes.append(f"{left} point(s) before chunk {settle_from} are left out of the trend and the windows"
+                         + (f" ({settle_reason})" if settle_reason else "") + "; they still count for max and P99")
+            x, y = x[settled], y[settled]
+        else:  # the fill-up outlasts the series (full size: 128 chunks): judge it all rather than nothing
+            notes.append(f"the trend includes the fill-up: fewer than {MIN_FIT_POINTS} points lie at or after "
+                         f"chunk {settle_from}" + (f" ({settle_reason})" if settle_reason else ""))
     limit = slope_limit(gate, tol)
     p99_limit = tol.p99_max_abs if tol.p99_max_abs is not None else tol.atol
     floor = gate.early_floor_fraction * tol.atol

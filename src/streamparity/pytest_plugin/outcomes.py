@@ -183,8 +183,8 @@ def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: Ba
     if errored or not gates.gates:  # gates over chunks that never ran would judge nothing and pass
         why = (f"{len(errored)} of {len(selected)} chunk(s) did not run, first: chunk {errored[0].chunk}: "
                f"{errored[0].error}" if errored else "no compared output has a result on the selected chunks")
-        record(request, GateSummary(spec.id, mode, "fail", [], gates.vs_ort_fp32_direct_max,
-                                    _jsonable(run.describe)))
+        record(request, GateSummary(spec.id, mode, "fail", [g.to_dict() for g in gates],  # what could be computed
+                                    gates.vs_ort_fp32_direct_max, _jsonable(run.describe)))
         pytest.fail(f"[{spec.id} {mode}] run-level gates cannot be judged: {why}\n"
                     f"{_repro(request, session, spec, None)}", pytrace=False)
     record(request, GateSummary(spec.id, mode, gates.verdict, [g.to_dict() for g in gates],

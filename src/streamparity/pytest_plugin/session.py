@@ -141,11 +141,6 @@ class PluginSession:
             lines.append(f"reference: {s.reference.path} ({len(ids)} chunks, {ids[0]}..{ids[-1]}; functional: "
                          f"{len(s.selected(FUNCTIONAL))} selected, closed loop: "
                          f"{len(s.closed_loop_chunks())} selected)")
-            if cfg.chunks is not None:
-                outside = [f"{lo}-{hi}" for lo, hi in cfg.chunks.ranges if lo < ids[0] or hi > ids[-1]]
-                if outside:
-                    lines.append(f"WARNING: --chunks {cfg.chunks.text} reaches outside the reference "
-                                 f"({ids[0]}..{ids[-1]}): {', '.join(outside)} clipped")
         return lines
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -165,25 +165,25 @@ def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int) ->
         raise _Fallback from None
     if not isinstance(obj, dict):
         raise _Fallback
-    view = memoryview(line)
     used: set[int] = set()
     out: list[Tensors] = []
-    for section in SECTIONS:
-        tensors = obj.get(section)
-        if not isinstance(tensors, dict):
+    with memoryview(line) as view:  # released on errors too: a kept traceback must not pin a reused buffer
+        for section in SECTIONS:
+            tensors = obj.get(section)
+            if not isinstance(tensors, dict):
+                raise _Fallback
+            got: Tensors = {}
+            for name, t in tensors.items():
+                arr = _fast_tensor(t, view, spans, used)
+                if arr is None:
+                    if isinstance(t, Mapping) and isinstance(t.get("data_b64"), str) and \
+                            str(t["data_b64"]).startswith("\x00"):
+                        raise _Fallback
+                    arr = decode_tensor(t, file=file, line=line_no, chunk=chunk, field=f"{section}.{name}")
+                got[name] = arr
+            out.append(got)
+        if len(used) != len(spans):  # a payload outside the tensors (e.g. in meta): let json judge the line
             raise _Fallback
-        got: Tensors = {}
-        for name, t in tensors.items():
-            arr = _fast_tensor(t, view, spans, used)
-            if arr is None:
-                if isinstance(t, Mapping) and isinstance(t.get("data_b64"), str) and \
-                        str(t["data_b64"]).startswith("\x00"):
-                    raise _Fallback
-                arr = decode_tensor(t, file=file, line=line_no, chunk=chunk, field=f"{section}.{name}")
-            got[name] = arr
-        out.append(got)
-    if len(used) != len(spans):  # a payload outside the tensors (e.g. in meta): let json judge the line
-        raise _Fallback
     return out[0], out[1]
 
 

@@ -329,10 +329,13 @@ class ReferenceFile:
                 return before, f.read(e.length)
             buf = self._buf
             if len(buf) != e.length:  # lines with caches differ by a few bytes: resized in place
-                if len(buf) > e.length:
-                    del buf[e.length:]
-                else:
-                    buf.extend(bytes(e.length - len(buf)))
+                try:
+                    if len(buf) > e.length:
+                        del buf[e.length:]
+                    else:
+                        buf.extend(bytes(e.length - len(buf)))
+                except BufferError:  # a kept exception's frame still views it: start a new one
+                    buf = self._buf = bytearray(e.length)
             view, got = memoryview(buf), 0
             while got < e.length:
                 n = f.readinto(view[got:])

@@ -297,6 +297,13 @@ def check_contract_profiles(contract: Contract) -> int:
     """Every profile of the contract, used or not, through the bound builder's own validation (no network
     needed): the number accepted, or ModelMismatch with the builder's words for the first it rejects."""
     logger = _make_logger()
+    try:
+        return _check_profiles(contract, logger)
+    finally:
+        logger.flush()
+
+
+def _check_profiles(contract: Contract, logger: Any) -> int:
     builder = trt.Builder(logger)
     config = builder.create_builder_config()
     for p in contract.profiles:

@@ -203,6 +203,7 @@ class TrtBackend(Backend):
         engine = self.runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise RuntimeError("deserialize_cuda_engine failed: " + (" | ".join(self.logger.errors[-3:]) or "?"))
+        self.logger.flush()
         self._engine = engine
 
     def _loaded_engine(self) -> Any:
@@ -216,6 +217,7 @@ class TrtBackend(Backend):
         self.logger.clear()
         engine = self.runtime.deserialize_cuda_engine(data)
         if engine is not None:
+            self.logger.flush()  # TensorRT's warnings of the load, to logging
             self._engine = engine
             return
         unavailable, text = cannot_run_reason(trt, self.runtime, self.logger, data, self.options)
