@@ -97,21 +97,38 @@ def test_cli_errors_are_one_line(tmp_path: Path, case: str) -> None:
         r, needle = run_cli("record", "--backend=ext-cpp-fp32", "--runtime=cpp:fp32=/nonexistent/serve",
                             f"--out={tmp_path / 'rec'}", "--upto=1"), "cannot be started"
     else:
-        from streamparity.tools import onnx_faults as F
-
-        stuck = F.save(F.passthrough(F.load(TINY_ONNX), "cache_last_channel_next_len", "cache_last_channel_len"),
-                       tmp_path / "stuck.onnx")
-        run_pytest("-m", "parity and functional", f"--onnx={stuck}", "--backend=ort-cpu-fp32", "--chunks=1",
-                   f"--report-dir={tmp_path / 'rep'}", "-q")
-        bundle = next((tmp_path / "rep" / "bundles").glob("*.npz"))
-        with np.load(bundle) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("meta").tobytes())
+        meta, arrays = _stuck_bundle(tmp_path)
         meta["backend"] = "foo-cpu-fp32"
-        edited = tmp_path / "edited.npz"
-        np.savez(edited, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-        r, needle = run_cli("repro", str(edited)), "invalid backend 'foo-cpu-fp32'"
+        r, needle = run_cli("repro", str(_save_bundle(tmp_path / "edited.npz", meta, arrays))), \
+            "invalid backend 'foo-cpu-fp32'"
     assert_clean_error(r, needle, code=2)
+
+
+def _stuck_bundle(tmp_path: Path) -> tuple[dict, dict]:
+    """(meta, arrays) of a real failure bundle: a stuck cache length, functional chunk 1."""
+    from streamparity.tools import onnx_faults as F
+
+    stuck = F.save(F.passthrough(F.load(TINY_ONNX), "cache_last_channel_next_len", "cache_last_channel_len"),
+                   tmp_path / "stuck.onnx")
+    run_pytest("-m", "parity and functional", f"--onnx={stuck}", "--backend=ort-cpu-fp32", "--chunks=1",
+               f"--report-dir={tmp_path / 'rep'}", "-q")
+    bundle = next((tmp_path / "rep" / "bundles").glob("*.npz"))
+    with np.load(bundle) as z:
+        arrays = {k: z[k] for k in z.files}
+    return json.loads(arrays.pop("meta").tobytes()), arrays
+
+
+def _save_bundle(path: Path, meta: dict, arrays: dict) -> Path:
+    np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    return path
+
+
+def test_repro_refuses_a_bundle_whose_inputs_were_altered(tmp_path: Path) -> None:
+    meta, arrays = _stuck_bundle(tmp_path)
+    assert run_cli("repro", str(_save_bundle(tmp_path / "same.npz", meta, arrays))).returncode == 1  # reproduced
+    arrays["input/audio_signal"] = arrays["input/audio_signal"][..., :20]
+    r = run_cli("repro", str(_save_bundle(tmp_path / "cut.npz", meta, arrays)))
+    assert_clean_error(r, "bundle input audio_signal: 20 frames, contract schedule says 25", code=2)
 
 
 def test_cli_contract_options_take_shipped_names_and_odd_files_are_named(tmp_path: Path) -> None:

@@ -121,6 +121,13 @@ def _violation_keys(violations: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     configure_from_args(args)
     meta, contract, onnx, inputs, expected, actual = bundle_context(args.bundle, args.contract, args.onnx)
+    from streamparity.judging.invariants import check_inputs
+
+    broken = check_inputs(contract, int(meta["chunk"]), inputs, require_caches=False)
+    if broken:  # the run that wrote the bundle fed inputs that passed these checks: this bundle was altered
+        raise StreamparityError(f"bundle input {broken[0].field}: {broken[0].message} (the run that wrote it fed "
+                                f"checked inputs){f'; {len(broken) - 1} more' if len(broken) > 1 else ''}",
+                                file=str(args.bundle), field=f"input/{broken[0].field}")
     try:
         spec = args.backend or parse_backend_spec(str(meta["backend"]))
     except argparse.ArgumentTypeError as e:
