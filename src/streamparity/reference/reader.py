@@ -205,16 +205,8 @@ class ReferenceFile:
             for e in self.entries:
                 f.seek(max(e.offset - 1, 0))
                 before = f.read(1) if e.offset else b"\n"
-                head = f.read(min(e.length, _PREFIX))
-                if before != b"\n":
+                if not self._starts_as_indexed(before, f.read(min(e.length, _PREFIX)), e):
                     return e
-                if head.startswith(b'{"chunk":'):
-                    try:
-                        found = _meta_from_prefix(head, str(self.path), e.line)
-                    except ReferenceFormatError:
-                        return e
-                    if found is not None and (found[0] != e.chunk or found[1] != dict(e.meta)):
-                        return e
         return None
 
     def _write_sidecar(self, key: dict[str, Any]) -> None:
@@ -347,15 +339,19 @@ class ReferenceFile:
 
     def _holds(self, before: bytes, body: bytes | bytearray, e: IndexEntry) -> bool:
         """Whether `body` is a whole line that holds chunk e.chunk."""
-        if before != b"\n" or len(body) != e.length:
+        return len(body) == e.length and self._starts_as_indexed(before, bytes(body[:_PREFIX]), e)
+
+    def _starts_as_indexed(self, before: bytes, head: bytes, e: IndexEntry) -> bool:
+        """Whether a line starts after a newline with the chunk id and meta its index entry names.  The line's
+        own id and meta, not only the index's: an index whose meta was edited (and its key recomputed) would
+        otherwise decide which chunks are functional."""
+        if before != b"\n":
             return False
-        if body.startswith(b'{"chunk":'):
+        if head.startswith(b'{"chunk":'):
             try:
-                found = _meta_from_prefix(bytes(body[:_PREFIX]), str(self.path), e.line)
+                found = _meta_from_prefix(head, str(self.path), e.line)
             except ReferenceFormatError:
                 return False
-            # the line's own chunk id and meta, not only the index's: an index whose meta was edited (and its key
-            # recomputed) would otherwise decide which chunks are functional
             return found is None or (found[0] == e.chunk and found[1] == dict(e.meta))
         return True  # a foreign writer's line: its chunk id is checked when it is parsed
 
