@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file, for a message after its name ("is a directory, not a file", "is not
+    a regular file ...", "not found"), or None for a regular file."""
+    if path.is_dir():
+        return "is a directory, not a file"
+    if path.exists() and not path.is_file():
+        return "is not a regular file (a device, FIFO or socket)"
+    return None if path.is_file() else "not found"
+
 
 class StreamparityError(Exception):
     """An error about user input, printed without a traceback by the CLI and the pytest plugin."""

@@ -22,7 +22,7 @@ from streamparity.drivers.closed_loop import run_closed_loop
 from streamparity.drivers.functional import run_functional
 from streamparity.drivers.progress import Progress
 from streamparity.drivers.selection import ChunkSelection
-from streamparity.errors import BackendUnavailable, ReferenceInvalid, StreamparityError
+from streamparity.errors import BackendUnavailable, ReferenceInvalid, StreamparityError, not_a_file
 from streamparity.judging.gates import RunGates, direct_difference, judge_gates
 from streamparity.judging.stability import RunStability, judge_run_stability
 from streamparity.pinned_inputs import PinnedInputs
@@ -50,13 +50,9 @@ class SessionConfig:
 
 
 def _require_file(path: Path, what: str, field: str) -> None:
-    if path.is_dir():
-        raise StreamparityError(f"{what} is a directory, not a file", file=str(path), field=field)
-    if path.exists() and not path.is_file():
-        raise StreamparityError(f"{what} is not a regular file (a device, FIFO or socket)", file=str(path),
-                                field=field)
-    if not path.is_file():
-        raise StreamparityError(f"{what} not found", file=str(path), field=field)
+    why = not_a_file(path)
+    if why is not None:
+        raise StreamparityError(f"{what} {why}", file=str(path), field=field)
 
 
 

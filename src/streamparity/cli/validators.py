@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from streamparity.errors import not_a_file
+
 
 def positive_int(text: str) -> int:
     try:
@@ -41,12 +43,11 @@ def positive_float(text: str) -> float:
 
 def existing_file(text: str) -> Path:
     p = Path(text)
-    if p.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
-    if p.exists() and not p.is_file():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a regular file (a device, FIFO or socket)")
-    if not p.is_file():
+    why = not_a_file(p)
+    if why == "not found":
         raise argparse.ArgumentTypeError(f"{text!r}: no such file")
+    if why is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {why}")
     return p
 
 
