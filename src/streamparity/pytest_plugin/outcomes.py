@@ -180,16 +180,15 @@ def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: Ba
     gates = session.gates(spec, mode)
     chosen = set(selected)
     errored = [c for c in run.chunks if c.error and c.chunk in chosen]
-    if errored or not gates.gates:  # gates over chunks that never ran would judge nothing and pass
+    judged = not errored and bool(gates.gates)  # gates over chunks that never ran would judge nothing and pass
+    record(request, GateSummary(spec.id, mode, gates.verdict if judged else "fail", [g.to_dict() for g in gates],
+                                gates.vs_ort_fp32_direct_max, _jsonable(run.describe)))
+    if not judged:
         why = (f"{len(errored)} of {len(selected)} chunk(s) did not run, first: chunk {errored[0].chunk}: "
                f"{errored[0].error}" if errored else "no compared output has a result on the selected chunks")
-        record(request, GateSummary(spec.id, mode, "fail", [g.to_dict() for g in gates],  # what could be computed
-                                    gates.vs_ort_fp32_direct_max, _jsonable(run.describe)))
         pytest.fail(f"[{spec.id} {mode}] run-level gates cannot be judged: {why}\n"
                     f"{_repro(request, session, spec, None)}", pytrace=False)
-    record(request, GateSummary(spec.id, mode, gates.verdict, [g.to_dict() for g in gates],
-                                gates.vs_ort_fp32_direct_max, _jsonable(run.describe)))
-    warned = [c for c in run.chunks if c.verdict == "warn" and c.chunk in set(selected)]
+    warned = [c for c in run.chunks if c.verdict == "warn" and c.chunk in chosen]
     if warned:
         worst_c = max(warned, key=lambda c: max((m.max_abs for m in c.metrics.values()), default=0.0))
         warnings.warn(ParityWarning(
