@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -38,15 +42,47 @@ def initial_state(contract: Contract, first: ChunkRecord) -> dict[str, np.ndarra
 
 
 
+JUDGE_LAG_PER_WORKER = 2
+"""Chunks with stored caches that may wait for their judging, per judging thread, before the loop waits."""
+
+
+def default_judge_workers(backend: Backend) -> int:
+    """Threads that judge the chunks with stored caches while the loop goes on: none on a CPU backend (the
+    runtime has the cores) or a machine of few cores; up to 4 beside a GPU backend."""
+    if backend.device == "cpu":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
+
+
+class _Deferred:
+    """A chunk handed to a judging thread, with what its failure bundle needs from the moment it ran."""
+
+    __slots__ = ("at", "feeds", "future", "ms", "outputs")
+
+    def __init__(self, at: int, future: Future[ChunkResult], ms: float, feeds: dict[str, np.ndarray] | None,
+                 outputs: dict[str, np.ndarray] | None) -> None:
+        self.at, self.future, self.ms, self.feeds, self.outputs = at, future, ms, feeds, outputs
+
+    def settle(self, results: list[ChunkResult]) -> None:
+        r = self.future.result()
+        r.step_ms = self.ms
+        if self.feeds is not None and self.outputs is not None and r.verdict == "fail":
+            r.bundle_inputs, r.bundle_outputs = self.feeds, self.outputs
+        results[self.at] = r
+
+
 def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *, upto: int | None = None,
                     keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None,
-                    fetch_all_caches: bool = False) -> RunResult:
+                    fetch_all_caches: bool = False, judge_workers: int | None = None) -> RunResult:
     """The backend's own caches fed back from chunk 0 through `upto` (default: the whole reference).
 
     Per chunk only audio + length go in; the big caches come back only on chunks where the reference stores
     caches to compare with (`fetch_all_caches`: on every chunk), and the state a chunk ran on is copied back
     only when the chunk fails (for its bundle), from streams that keep it (:attr:`Stream.keeps_previous_state`).
-    """
+
+    `judge_workers` threads (default :func:`default_judge_workers`) judge the chunks with stored caches, the
+    expensive ones (two full-size caches compared), while the loop runs the next chunks; such a chunk's state
+    is copied to the host before it runs, for its bundle.  The results are the same, in the same order."""
     t0 = time.perf_counter()
     ids = ref.chunk_ids
     if upto is not None:
@@ -55,6 +91,9 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     length_name = contract.input_by_role(ROLE_LENGTH).name
     first, last = ref.read(ids[0]), ids[-1]
     big = tuple(o.name for o in contract.outputs if o.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME))
+    workers = default_judge_workers(backend) if judge_workers is None else max(0, judge_workers)
+    judges = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="streamparity-judge") if workers else None
+    deferred: deque[_Deferred] = deque()
     stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
     # bundles need the state a chunk ran on: streams that keep it copy it only when a chunk fails
     snapshot_each = keep_bundles and not stream.keeps_previous_state
@@ -69,9 +108,10 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                                            precision=backend.precision,
                             device=backend.device, error=broken))
                 continue
-            snapshot = stream.state_snapshot() if snapshot_each else {}
             # the big caches come back only where the reference stores some to compare with
             fetch = fetch_all_caches or any(n in rec.outputs for n in big)
+            later = judges is not None and any(n in rec.outputs for n in big)
+            snapshot = stream.state_snapshot() if snapshot_each or (later and keep_bundles) else {}
             ts = time.perf_counter()
             try:
                 out = stream.step(rec.inputs[audio_name], rec.inputs[length_name], fetch_caches=fetch)
@@ -84,10 +124,22 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             ms = (time.perf_counter() - ts) * 1e3
             if on_step:
                 on_step(rec.chunk, ms)
-            r = judge_chunk(contract, rec, out, mode=CLOSED_LOOP, backend=backend.id, precision=backend.precision,
-                            device=backend.device,
+            judge = partial(judge_chunk, contract, rec, out, mode=CLOSED_LOOP, backend=backend.id,
+                            precision=backend.precision, device=backend.device,
                             cache_len_in=stream.last_cache_len_in, stream_position=pos, inputs=None,
                             unfetched=() if fetch else big)
+            if later and judges is not None:
+                feeds = outs = None
+                if keep_bundles:
+                    feeds = {**snapshot, audio_name: rec.inputs[audio_name], length_name: rec.inputs[length_name]}
+                    outs = stream.complete_outputs(out)
+                deferred.append(_Deferred(len(results), judges.submit(judge), ms, feeds, outs))
+                results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
+                                           precision=backend.precision, device=backend.device))  # settled below
+                while len(deferred) > JUDGE_LAG_PER_WORKER * workers:
+                    deferred.popleft().settle(results)
+                continue
+            r = judge()
             r.step_ms = ms
             if keep_bundles and r.verdict == "fail":
                 feeds = dict(snapshot if snapshot_each else stream.previous_state() or {})
@@ -95,7 +147,11 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 feeds[length_name] = rec.inputs[length_name]
                 r.bundle_inputs, r.bundle_outputs = feeds, stream.complete_outputs(out)
             results.append(r)
+        while deferred:
+            deferred.popleft().settle(results)
     finally:
         stream.close()
+        if judges is not None:
+            judges.shutdown(wait=True, cancel_futures=True)
     return RunResult(backend.id, backend.precision, CLOSED_LOOP, results, backend.describe(),
                      time.perf_counter() - t0)

@@ -11,7 +11,8 @@ Every other line is one chunk::
 
 TENSOR is ``{"dtype", "shape", "data_b64"}`` (raw little-endian bytes) or a nested list.
 The reader never loads the whole file: an index of byte offsets (kept beside the file as
-``<name>.idx.json`` when the folder is writable) gives random access to chunk k.
+``<name>.idx.json`` when the folder is writable) gives random access to chunk k.  Reads are safe from
+several threads; iterating a reference with large lines reads ahead in threads (:mod:`.prefetch`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -165,7 +167,9 @@ class ReferenceFile:
         self.cache_bytes = cache_bytes
         self._decoded: OrderedDict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = OrderedDict()
         self._decoded_bytes = 0
-        self._buf = bytearray()
+        self._local = threading.local()  # each thread's reusable read buffer
+        self._lock = threading.Lock()  # the decoded-chunk cache
+        self._rebuild = threading.Lock()  # a stale index rebuilt once, whichever thread finds it
         if not self.path.is_file():
             raise ReferenceFormatError("reference file not found", file=str(self.path))
         self.header: dict[str, Any] = {}
@@ -173,6 +177,8 @@ class ReferenceFile:
         self._by_chunk: dict[int, IndexEntry] = {}
         self._use_sidecar = use_sidecar
         self._load_index(use_sidecar)
+        self.read_ahead = max(e.length for e in self.entries) >= _REUSE_BYTES
+        """Whether iterating reads the next chunks ahead in threads (lines of a MiB or more: caches)."""
 
     # -- index ------------------------------------------------------------------------
     @property
@@ -216,7 +222,9 @@ class ReferenceFile:
     def _build_index(self) -> None:
         """One pass over the file in 8 MiB blocks: newline positions, and per line only its first bytes
         (chunk id and meta), so multi-MB tensor payloads are never kept, copied whole or decoded here."""
-        self.header, self.entries, self._by_chunk = {}, [], {}
+        header: dict[str, Any] = {}
+        entries: list[IndexEntry] = []
+        by_chunk: dict[int, IndexEntry] = {}
         file = str(self.path)
         prev: int | None = None
         with self.path.open("rb") as whole:
@@ -238,12 +246,12 @@ class ReferenceFile:
                 else:
                     chunk, meta, is_header = _meta_only(_read_at(whole, offset, length).strip(), file, lineno)
                 if is_header:
-                    if self.entries or self.header:
+                    if entries or header:
                         raise ReferenceFormatError("header must be the first line", file=file, line=lineno)
                     check_header(meta, file, lineno)
-                    self.header = meta
+                    header = meta
                 elif chunk is not None:
-                    if chunk in self._by_chunk:
+                    if chunk in by_chunk:
                         raise ReferenceFormatError(f"duplicate chunk {chunk}", file=file, line=lineno,
                                                    chunk=chunk, field="chunk")
                     if prev is not None and chunk != prev + 1:
@@ -251,16 +259,18 @@ class ReferenceFile:
                             f"chunks are not consecutive: {prev} is followed by {chunk}",
                             file=file, line=lineno, chunk=chunk, field="chunk")
                     e = IndexEntry(chunk, offset, length, lineno, meta)
-                    self.entries.append(e)
-                    self._by_chunk[chunk] = e
+                    entries.append(e)
+                    by_chunk[chunk] = e
                     prev = chunk
-        if not self.entries:
+        if not entries:
             raise ReferenceFormatError("reference holds no chunks", file=file)
-        expected = self.header.get("num_chunks")
-        if isinstance(expected, int) and expected != len(self.entries):
+        expected = header.get("num_chunks")
+        if isinstance(expected, int) and expected != len(entries):
             raise ReferenceFormatError(
-                f"header promises {expected} chunks but the file holds {len(self.entries)}: truncated or padded",
+                f"header promises {expected} chunks but the file holds {len(entries)}: truncated or padded",
                 file=file, field="num_chunks")
+        # swapped in whole: a reader in another thread sees the old index or the new one, never half of one
+        self.header, self.entries, self._by_chunk = header, entries, by_chunk
 
     # -- access -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -284,19 +294,24 @@ class ReferenceFile:
     def read(self, chunk: int) -> ChunkRecord:
         """One chunk, decoded.  Its arrays are read-only: a reference is what runtimes are judged against."""
         e = self._entry(chunk)
-        hit = self._decoded.get(chunk)
+        with self._lock:
+            hit = self._decoded.get(chunk)
+            if hit is not None:
+                self._decoded.move_to_end(chunk)
         if hit is not None:
-            self._decoded.move_to_end(chunk)
             return ChunkRecord(chunk=e.chunk, line=e.line, meta=e.meta, inputs=dict(hit[0]), outputs=dict(hit[1]))
         before, line = self._line(e)
         if not self._holds(before, line, e):
             # the file changed in a way the index key did not see (same size, mtime and ends): rebuild, retry
-            log.warning("%s: byte-offset index %s is stale (line %d does not hold chunk %d); rebuilding it",
-                        self.path, self.sidecar, e.line, e.chunk)
-            self._build_index()
-            self._write_sidecar(file_key(self.path))
-            self._decoded.clear()
-            self._decoded_bytes = 0
+            with self._rebuild:
+                if self._entry(chunk) is e:  # not rebuilt meanwhile by another thread
+                    log.warning("%s: byte-offset index %s is stale (line %d does not hold chunk %d); rebuilding it",
+                                self.path, self.sidecar, e.line, e.chunk)
+                    self._build_index()
+                    self._write_sidecar(file_key(self.path))
+                    with self._lock:
+                        self._decoded.clear()
+                        self._decoded_bytes = 0
             e = self._entry(chunk)
             before, line = self._line(e)
             if not self._holds(before, line, e):
@@ -305,21 +320,27 @@ class ReferenceFile:
         return self._parse(line, e)
 
     def __iter__(self) -> Iterator[ChunkRecord]:
-        for k in self.chunk_ids:
-            yield self.read(k)
+        if self.read_ahead:
+            from streamparity.reference.prefetch import prefetched
+
+            yield from prefetched(self.read, self.chunk_ids)
+        else:
+            for k in self.chunk_ids:
+                yield self.read(k)
 
     def _line(self, e: IndexEntry) -> tuple[bytes, bytes | bytearray]:
         """(the byte before the entry, the entry's bytes): a line starts after a newline.
 
-        Lines of at least :data:`_REUSE_BYTES` are read into one buffer the file keeps and reuses: a fresh 69 MB
-        ``bytes`` per full-size chunk costs a page fault per 4 KiB (zeroed, then copied into) on every read, ~3x
-        the copy itself.  The buffer is overwritten by the next read; nothing decoded from it points into it."""
+        Lines of at least :data:`_REUSE_BYTES` are read into a buffer the file keeps and reuses, one per thread:
+        a fresh 69 MB ``bytes`` per full-size chunk costs a page fault per 4 KiB (zeroed, then copied into) on
+        every read, ~3x the copy itself.  The buffer is overwritten by the thread's next read; nothing decoded
+        from it points into it."""
         with self.path.open("rb", buffering=0) as f:
             f.seek(max(e.offset - 1, 0))
             before = f.read(1) if e.offset else b"\n"
             if e.length < _REUSE_BYTES:
                 return before, f.read(e.length)
-            buf = self._buf
+            buf: bytearray = getattr(self._local, "buf", None) or bytearray()
             if len(buf) != e.length:  # lines with caches differ by a few bytes: resized in place
                 try:
                     if len(buf) > e.length:
@@ -327,7 +348,8 @@ class ReferenceFile:
                     else:
                         buf.extend(bytes(e.length - len(buf)))
                 except BufferError:  # a kept exception's frame still views it: start a new one
-                    buf = self._buf = bytearray(e.length)
+                    buf = bytearray(e.length)
+            self._local.buf = buf
             view, got = memoryview(buf), 0
             while got < e.length:
                 n = f.readinto(view[got:])
@@ -372,8 +394,12 @@ class ReferenceFile:
         size = sum(a.nbytes for a in (*inputs.values(), *outputs.values()))
         if size > self.cache_bytes:
             return
-        self._decoded[chunk] = (inputs, outputs)
-        self._decoded_bytes += size
-        while self._decoded_bytes > self.cache_bytes:
-            _, (i, o) = self._decoded.popitem(last=False)
-            self._decoded_bytes -= sum(a.nbytes for a in (*i.values(), *o.values()))
+        with self._lock:
+            old = self._decoded.pop(chunk, None)  # read twice at once by two threads: counted once
+            if old is not None:
+                self._decoded_bytes -= sum(a.nbytes for a in (*old[0].values(), *old[1].values()))
+            self._decoded[chunk] = (inputs, outputs)
+            self._decoded_bytes += size
+            while self._decoded_bytes > self.cache_bytes:
+                _, (i, o) = self._decoded.popitem(last=False)
+                self._decoded_bytes -= sum(a.nbytes for a in (*i.values(), *o.values()))

@@ -1,0 +1,46 @@
+"""Reading chunks ahead: a few threads decode the next records of a large reference while the caller works.
+
+Reading a full-size chunk line (69 MB with caches) is a file read and base64 decoding, both of which run
+without Python's global lock, so they overlap a runtime's step (ONNX Runtime releases the lock too) or the
+judging of the previous chunk.  Records come back in order; an error reading chunk k is raised when the
+caller reaches chunk k, not before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+R = TypeVar("R")
+
+DEPTH = 4
+"""Records read ahead of the one the caller is on (each a decoded chunk: up to ~50 MB at full size)."""
+
+
+def default_workers() -> int:
+    """Reader threads: two where the machine has cores to spare, else one (decoding then overlaps the step)."""
+    return 2 if (os.cpu_count() or 1) >= 4 else 1
+
+
+def prefetched(read: Callable[[int], R], ids: Sequence[int], *, depth: int = DEPTH,
+               workers: int | None = None) -> Iterator[R]:
+    """``read(k)`` for every k in `ids`, in order, with up to `depth` reads under way ahead of the caller.
+
+    `read` must be safe to call from several threads at once.  Leaving the loop early cancels the reads
+    that have not started and waits for those that have."""
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="streamparity-read")
+    ahead: deque[Future[R]] = deque()
+    nxt = 0
+    try:
+        while nxt < len(ids) or ahead:
+            while nxt < len(ids) and len(ahead) < max(1, depth):
+                ahead.append(pool.submit(read, ids[nxt]))
+                nxt += 1
+            yield ahead.popleft().result()
+    finally:
+        for f in ahead:
+            f.cancel()
+        pool.shutdown(wait=True)

@@ -1,0 +1,85 @@
+"""Issue 13: judging the chunks with stored caches in threads gives the same results, in the same order."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamparity.backends.ort import OrtBackend
+from streamparity.contract.loading import load_contract
+from streamparity.drivers.closed_loop import default_judge_workers, run_closed_loop
+from streamparity.reference.reader import ReferenceFile
+from streamparity.results.records import ChunkResult, RunResult
+from streamparity.tools.drift_fault import DriftBackend
+from streamparity.tools.transfers import CountedDeviceBackend
+from tests.conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE
+
+_TIMING = {"step_ms"}
+
+
+def _plain(c: ChunkResult) -> dict[str, Any]:
+    d = {k: v for k, v in vars(c).items() if k not in _TIMING and not k.startswith("bundle_") and k != "encoded"}
+    d["metrics"] = {n: asdict(m) for n, m in c.metrics.items()}
+    d["violations"] = [repr(v) for v in c.violations]
+    return d
+
+
+def _same(a: RunResult, b: RunResult) -> None:
+    assert [c.chunk for c in a.chunks] == [c.chunk for c in b.chunks]
+    for x, y in zip(a.chunks, b.chunks, strict=True):
+        assert _plain(x) == _plain(y), f"chunk {x.chunk}"
+        assert x.step_ms is not None and y.step_ms is not None
+        for ours, theirs in ((x.encoded, y.encoded), (x.bundle_inputs, y.bundle_inputs),
+                             (x.bundle_outputs, y.bundle_outputs)):
+            assert (ours is None) == (theirs is None), f"chunk {x.chunk}"
+            if isinstance(ours, dict) and isinstance(theirs, dict):
+                assert list(ours) == list(theirs), f"chunk {x.chunk}"
+                for name in ours:
+                    np.testing.assert_array_equal(ours[name], theirs[name], err_msg=f"chunk {x.chunk} {name}")
+            elif ours is not None:
+                np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("device", [False, True], ids=["host", "device_loop"])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_threaded_judging_gives_the_same_results_and_bundles(device: bool, workers: int) -> None:
+    contract = load_contract(TINY_CONTRACT)
+    ref = ReferenceFile(TINY_REFERENCE)
+    ort = OrtBackend(contract, TINY_ONNX)
+
+    def backend() -> Any:
+        inner = DriftBackend(ort, 2e-3)  # fails chunks with stored caches and chunks without
+        return CountedDeviceBackend(inner) if device else inner
+
+    inline = run_closed_loop(backend(), contract, ref, upto=70, judge_workers=0)
+    threaded = run_closed_loop(backend(), contract, ref, upto=70, judge_workers=workers)
+    failed = [c.chunk for c in inline.chunks if c.verdict == "fail"]
+    stored = [k for k in ref.chunk_ids if ref.meta(k).get("has_caches", True)]
+    assert any(k in stored for k in failed) and any(k not in stored for k in failed)
+    assert all(c.bundle_inputs for c in threaded.chunks if c.verdict == "fail")
+    _same(inline, threaded)
+
+
+def test_a_judging_error_is_raised_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamparity.drivers import closed_loop
+
+    contract = load_contract(TINY_CONTRACT)
+    ref = ReferenceFile(TINY_REFERENCE)
+    real = closed_loop.judge_chunk
+
+    def broken(*a: Any, **kw: Any) -> ChunkResult:
+        if a[1].chunk == 5:
+            raise RuntimeError("judging chunk 5 broke")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(closed_loop, "judge_chunk", broken)
+    with pytest.raises(RuntimeError, match="chunk 5"):
+        run_closed_loop(OrtBackend(contract, TINY_ONNX), contract, ref, upto=20, judge_workers=2)
+
+
+def test_cpu_backends_judge_inline() -> None:
+    contract = load_contract(TINY_CONTRACT)
+    assert default_judge_workers(OrtBackend(contract, TINY_ONNX)) == 0

@@ -1,0 +1,103 @@
+"""Issue 13: a reference with large lines is read ahead in threads; records, order and errors are unchanged."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamparity.errors import ReferenceFormatError
+from streamparity.reference.prefetch import prefetched
+from streamparity.reference.reader import ReferenceFile
+from streamparity.reference.writer import ReferenceWriter
+from tests.conftest import TINY_REFERENCE
+
+BIG = (1, 4, 256, 256)  # 1 MiB of float32: a line the reader reads ahead
+
+
+def _write(path: Path, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    caches = [rng.standard_normal(BIG).astype(np.float32) for _ in range(n)]
+    with ReferenceWriter(path, {"contract": "test"}, n) as w:
+        for k, c in enumerate(caches):
+            w.write(k, {"frames": [k, k + 1], "seed": 1, "has_caches": True},
+                    {"x": np.full((1, 2), k, np.float32)}, {"cache": c})
+    return caches
+
+
+def test_large_lines_are_read_ahead_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    caches = _write(path, 9)
+    ref = ReferenceFile(path)
+    assert ref.read_ahead and not ReferenceFile(TINY_REFERENCE).read_ahead
+    seen = []
+    names = set()
+    real = ref.read
+
+    def spy(k: int):  # type: ignore[no-untyped-def]
+        names.add(threading.current_thread().name)
+        return real(k)
+
+    ref.read = spy  # type: ignore[method-assign]
+    for rec, want in zip(ref, caches, strict=True):
+        seen.append(rec.chunk)
+        np.testing.assert_array_equal(rec.outputs["cache"], want)
+        assert not rec.outputs["cache"].flags.writeable
+    assert seen == list(range(9))
+    assert all(n.startswith("streamparity-read") for n in names)
+
+
+def test_an_error_is_raised_at_its_chunk_and_not_before(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    _write(path, 6)
+    raw = bytearray(path.read_bytes())
+    lines = raw.split(b"\n")
+    bad = lines[4]  # chunk 3 (after the header): a payload byte that is not base64, same length
+    at = bad.index(b'"data_b64": "') + 20 if b'"data_b64": "' in bad else bad.index(b'"data_b64":"') + 20
+    bad[at:at + 1] = b"!"
+    lines[4] = bad
+    path.write_bytes(b"\n".join(lines))
+    got = []
+    with pytest.raises(ReferenceFormatError, match="chunk 3"):
+        for rec in ReferenceFile(path):
+            got.append(rec.chunk)
+    assert got == [0, 1, 2]
+
+
+def test_leaving_early_stops_the_reads() -> None:
+    started: list[int] = []
+    gate = threading.Event()
+
+    def read(k: int) -> int:
+        started.append(k)
+        gate.wait(5)
+        return k
+
+    it = prefetched(read, list(range(100)), depth=3, workers=1)
+    gate.set()
+    assert next(it) == 0
+    it.close()
+    assert len(started) <= 5
+
+
+def test_reads_from_several_threads_at_once_agree(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    caches = _write(path, 6)
+    ref = ReferenceFile(path, cache_bytes=0)
+    errors: list[BaseException] = []
+
+    def worker(order: list[int]) -> None:
+        try:
+            for k in order * 3:
+                np.testing.assert_array_equal(ref.read(k).outputs["cache"], caches[k])
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(o,)) for o in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
