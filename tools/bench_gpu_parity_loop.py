@@ -53,7 +53,7 @@ from streamparity.contract.model import (
     ROLE_LENGTH,
     Contract,
 )
-from streamparity.drivers.closed_loop import initial_state, run_closed_loop
+from streamparity.drivers.closed_loop import default_judge_workers, initial_state, run_closed_loop
 from streamparity.reference.reader import ReferenceFile
 
 
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                             "precision": args.precision, "device": args.device, "reps": args.reps,
                             "warmup_reps": args.warmup_reps, "onnxruntime": ort.__version__,
                             "providers": inner.session.get_providers(), "python": platform.python_version(),
-                            "session_load_s": load_s, "command": " ".join(sys.argv), "note": args.note}
+                            "session_load_s": load_s, "command": " ".join(sys.argv), "note": args.note,
+                            "judge_workers": default_judge_workers(backend), "reads_ahead": ref.read_ahead}
     if args.device == "cuda":
         from streamparity.environment import gpu_names
 

@@ -51,7 +51,7 @@ from streamparity.contract.model import (
 from streamparity.reference.writer import ReferenceWriter
 
 
-def build_model(c: Contract, path: Path, *, seed: int, ffn: int) -> dict[str, Any]:
+def build_model(c: Contract, path: Path, *, seed: int, ffn: int, elementwise: int = 0) -> dict[str, Any]:
     """Write the ONNX (external data beside it); return its size figures."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -144,6 +144,10 @@ def build_model(c: Contract, path: Path, *, seed: int, ffn: int) -> dict[str, An
             h = node("MatMul", [h, weight(q_ + "w2", (4 * d, d), 0.5 / np.sqrt(4 * d))], q_ + "out")
             x = node("Add", [x, h], q_ + "res")
             x = node("LayerNormalization", [x, "ln_scale", "ln_bias"], q_ + "ln", axis=-1)
+        for j in range(elementwise):  # small kernels, as NeMo's export has hundreds per layer (not no-ops:
+            # ORT removes a Mul by 1 or an Add of 0)
+            op, val = ("Mul", 1.0 + 1e-3 * (j % 7 + 1)) if j % 2 == 0 else ("Add", -1e-3 * (j % 5 + 1))
+            x = node(op, [x, const(f"{p}ew{j}.c", np.array(val, np.float32))], f"{p}ew{j}")
         keep = node("Slice", [cache, "v_lo", "big", "ax1"], p + "cache_keep")  # [B, T_cache - V, D]
         nc = node("Concat", [keep, x_in], p + "cache_new", axis=1)
         new_c.append(node("Unsqueeze", [nc, "ax1"], p + "cache_new_u"))
@@ -168,7 +172,8 @@ def build_model(c: Contract, path: Path, *, seed: int, ffn: int) -> dict[str, An
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
-    return {"layers": n_layers, "d_model": d, "ffn_blocks": ffn, "nodes": len(nodes), "params": int(n_params),
+    return {"layers": n_layers, "d_model": d, "ffn_blocks": ffn, "elementwise_per_layer": elementwise,
+            "nodes": len(nodes), "params": int(n_params),
             "weights_bytes": int(n_params) * 4}
 
 
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--functional-chunks", type=int, default=48, metavar="N",
                     help="chunks that store caches (default: 48)")
     ap.add_argument("--ffn", type=int, default=2, metavar="N", help="feed-forward blocks per layer (default: 2)")
+    ap.add_argument("--elementwise", type=int, default=0, metavar="N",
+                    help="small elementwise nodes per layer, for a step time nearer the real export's (default: 0)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="ORT device for the reference")
     ap.add_argument("--threads", type=int, default=0, metavar="N", help="ORT CPU threads (default: ORT's)")
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     c = load_contract(args.contract)
     onnx_path = args.out_dir / "encoder.onnx"
     t0 = time.perf_counter()
-    info = build_model(c, onnx_path, seed=args.seed, ffn=args.ffn)
+    info = build_model(c, onnx_path, seed=args.seed, ffn=args.ffn, elementwise=args.elementwise)
     print(f"model: {info} in {time.perf_counter() - t0:.1f} s -> {onnx_path}", flush=True)
     ms = write_reference(c, onnx_path, args.out_dir / "reference.jsonl", chunks=args.chunks,
                          functional=min(args.functional_chunks, args.chunks), seed=args.seed, device=args.device,

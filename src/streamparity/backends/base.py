@@ -65,7 +65,8 @@ class Stream(abc.ABC):
 
     @property
     def bytes_moved(self) -> tuple[int, int]:
-        """(host->device, device->host) bytes of the last step; host backends report 0."""
+        """(host->device, device->host) bytes of the last step, a state snapshot taken before it included;
+        host backends report 0."""
         return (0, 0)
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -156,6 +156,7 @@ class DeviceLoopStream(Stream, Generic[B]):
         self.order: list[str] = []  # the last step's outputs, in the runner's order
         self.phase: dict[str, int] = {}
         self._moved = (0, 0)
+        self._snapshot_down = 0  # bytes state_snapshot() copied back before the next step: counted with it
         pool.owner = self
         up = 0
         for out_name, in_name in self.feeds_map.items():
@@ -235,11 +236,14 @@ class DeviceLoopStream(Stream, Generic[B]):
             down += out[name].nbytes
         if self.len_out in out:
             self._len_host = out[self.len_out].copy()
-        self._moved = (up, down)
+        self._moved = (up, down + self._snapshot_down)
+        self._snapshot_down = 0
         return out
 
     def state_snapshot(self) -> dict[str, np.ndarray]:
-        return {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.cur.items()}
+        snap = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.cur.items()}
+        self._snapshot_down += sum(a.nbytes for a in snap.values())
+        return snap
 
     def previous_state(self) -> dict[str, np.ndarray] | None:
         if self.prev is None or self.pool.owner is not self:
