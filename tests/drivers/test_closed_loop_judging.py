@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,3 +84,33 @@ def test_a_judging_error_is_raised_not_lost(monkeypatch: pytest.MonkeyPatch) -> 
 def test_cpu_backends_judge_inline() -> None:
     contract = load_contract(TINY_CONTRACT)
     assert default_judge_workers(OrtBackend(contract, TINY_ONNX)) == 0
+
+
+def test_a_kept_state_stays_on_the_device_until_asked_for(tmp_path: Path) -> None:
+    from streamparity.backends.device_loop import BufferPool, DeviceLoopStream, HostBackendRunner
+    from streamparity.backends.memory import CountingOps
+    from tests.backends.test_device_loop import STEP, _chunks, initial_caches, make_tiny_encoder
+
+    contract, onnx_path = make_tiny_encoder(tmp_path)
+    backend = OrtBackend(contract, onnx_path)
+    ops = CountingOps()
+    pool: BufferPool[np.ndarray] = BufferPool(ops)
+    stream = DeviceLoopStream(contract, ops, HostBackendRunner(backend, ops), pool, initial_caches(contract),
+                              fetch_caches=False)
+    length = np.array([STEP], np.int64)
+    chunks = iter(_chunks(4))
+    stream.step(next(chunks), length)
+    want = stream.state_snapshot()
+    before = ops.d2h_bytes
+    kept = stream.keep_state()
+    assert ops.d2h_bytes == before, "keeping a state copies nothing to the host"
+    stream.step(next(chunks), length)
+    stream.step(next(chunks), length)  # the ping-pong halves are both overwritten by now
+    got = stream.kept_state(kept)
+    assert list(got) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    size = pool.total_bytes
+    stream.release_state(kept)
+    stream.release_state(stream.keep_state())
+    assert pool.total_bytes == size, "a released slot is reused"

@@ -17,9 +17,11 @@ from tests.conftest import TINY_REFERENCE
 BIG = (1, 4, 256, 256)  # 1 MiB of float32: a line the reader reads ahead
 
 
-def _write(path: Path, n: int) -> list[np.ndarray]:
+def _write(path: Path, n: int, big: int | None = None) -> list[np.ndarray]:
+    """n chunks, the first `big` (default: all) with a 1 MiB tensor, the rest with a small one."""
     rng = np.random.default_rng(1)
-    caches = [rng.standard_normal(BIG).astype(np.float32) for _ in range(n)]
+    caches = [rng.standard_normal(BIG if k < (n if big is None else big) else (1, 4)).astype(np.float32)
+              for k in range(n)]
     with ReferenceWriter(path, {"contract": "test"}, n) as w:
         for k, c in enumerate(caches):
             w.write(k, {"frames": [k, k + 1], "seed": 1, "has_caches": True},
@@ -47,6 +49,24 @@ def test_large_lines_are_read_ahead_in_order(tmp_path: Path) -> None:
         assert not rec.outputs["cache"].flags.writeable
     assert seen == list(range(9))
     assert all(n.startswith("streamparity-read") for n in names)
+
+
+def test_only_large_lines_are_read_in_threads(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    caches = _write(path, 10, big=4)
+    ref = ReferenceFile(path)
+    where: dict[int, str] = {}
+    real = ref.read
+
+    def spy(k: int):  # type: ignore[no-untyped-def]
+        where[k] = threading.current_thread().name
+        return real(k)
+
+    ref.read = spy  # type: ignore[method-assign]
+    for rec, want in zip(ref, caches, strict=True):
+        np.testing.assert_array_equal(rec.outputs["cache"], want)
+    me = threading.current_thread().name
+    assert [where[k] != me for k in range(10)] == [True] * 4 + [False] * 6
 
 
 def test_an_error_is_raised_at_its_chunk_and_not_before(tmp_path: Path) -> None:

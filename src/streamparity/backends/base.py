@@ -53,6 +53,19 @@ class Stream(abc.ABC):
         """Host copies of the cache inputs of the next step (for failure bundles); may be slow on GPUs."""
         return {}
 
+    def keep_state(self) -> Any:
+        """A copy of the cache inputs of the next step, kept where they live (on the device for device-resident
+        streams: no transfer), for the bundle of a chunk judged later; :meth:`kept_state` brings it to the
+        host, :meth:`release_state` gives it up.  Here: a host snapshot."""
+        return self.state_snapshot()
+
+    def kept_state(self, kept: Any) -> dict[str, np.ndarray]:
+        """Host copies of a state :meth:`keep_state` kept."""
+        return dict(kept)
+
+    def release_state(self, kept: Any) -> None:  # noqa: B027 - optional hook
+        """Give up a state :meth:`keep_state` kept."""
+
     def previous_state(self) -> dict[str, np.ndarray] | None:
         """Host copies of the cache inputs the last step ran on, or None where the stream does not keep
         them (the closed loop then snapshots before every step).  Copies only when called: after a failure."""

@@ -157,6 +157,8 @@ class DeviceLoopStream(Stream, Generic[B]):
         self.phase: dict[str, int] = {}
         self._moved = (0, 0)
         self._snapshot_down = 0  # bytes state_snapshot() copied back before the next step: counted with it
+        self._kept_free: list[int] = []  # slots of device buffers keep_state() may reuse
+        self._kept_slots = 0
         pool.owner = self
         up = 0
         for out_name, in_name in self.feeds_map.items():
@@ -244,6 +246,31 @@ class DeviceLoopStream(Stream, Generic[B]):
         snap = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.cur.items()}
         self._snapshot_down += sum(a.nbytes for a in snap.values())
         return snap
+
+    def keep_state(self) -> tuple[int, dict[str, DeviceTensor[B]]]:
+        """A device-to-device copy of the current state into a slot of this stream's buffers (reused once
+        released): nothing crosses to the host unless :meth:`kept_state` is called."""
+        if self._kept_free:
+            slot = self._kept_free.pop()
+        else:
+            slot, self._kept_slots = self._kept_slots, self._kept_slots + 1
+        copies: dict[str, DeviceTensor[B]] = {}
+        for name, t in self.cur.items():
+            buf = self.pool.get(f"kept:{slot}:{name}", t.nbytes)
+            if t.nbytes:
+                self.ops.copy2d(buf, 0, t.nbytes, t.buf, t.nbytes, t.nbytes, 1)
+            copies[name] = DeviceTensor(buf, t.shape, t.dtype)
+        self.ops.synchronize()
+        return slot, copies
+
+    def kept_state(self, kept: Any) -> dict[str, np.ndarray]:
+        _, copies = kept
+        snap = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in copies.items()}
+        self._snapshot_down += sum(a.nbytes for a in snap.values())
+        return snap
+
+    def release_state(self, kept: Any) -> None:
+        self._kept_free.append(kept[0])
 
     def previous_state(self) -> dict[str, np.ndarray] | None:
         if self.prev is None or self.pool.owner is not self:

@@ -8,10 +8,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 import numpy as np
 
-from streamparity.backends.base import Backend
+from streamparity.backends.base import Backend, Stream
 from streamparity.contract.model import (
     ROLE_AUDIO,
     ROLE_CACHE_CHANNEL,
@@ -57,18 +58,25 @@ def default_judge_workers(backend: Backend) -> int:
 class _Deferred:
     """A chunk handed to a judging thread, with what its failure bundle needs from the moment it ran."""
 
-    __slots__ = ("at", "feeds", "future", "ms", "outputs")
+    __slots__ = ("at", "feeds", "future", "kept", "ms", "outputs")
 
     def __init__(self, at: int, future: Future[ChunkResult], ms: float, feeds: dict[str, np.ndarray] | None,
-                 outputs: dict[str, np.ndarray] | None) -> None:
-        self.at, self.future, self.ms, self.feeds, self.outputs = at, future, ms, feeds, outputs
+                 kept: Any, outputs: dict[str, np.ndarray] | None) -> None:
+        self.at, self.future, self.ms, self.feeds, self.kept, self.outputs = at, future, ms, feeds, kept, outputs
 
-    def settle(self, results: list[ChunkResult]) -> None:
-        r = self.future.result()
-        r.step_ms = self.ms
-        if self.feeds is not None and self.outputs is not None and r.verdict == "fail":
-            r.bundle_inputs, r.bundle_outputs = self.feeds, self.outputs
-        results[self.at] = r
+    def settle(self, results: list[ChunkResult], stream: Stream) -> None:
+        """The judged result in its place; a failing chunk gets its bundle (the kept state comes to the host
+        only then)."""
+        try:
+            r = self.future.result()
+            r.step_ms = self.ms
+            if self.feeds is not None and self.outputs is not None and r.verdict == "fail":
+                state = stream.kept_state(self.kept) if self.kept is not None else {}
+                r.bundle_inputs, r.bundle_outputs = {**state, **self.feeds}, self.outputs
+            results[self.at] = r
+        finally:
+            if self.kept is not None:
+                stream.release_state(self.kept)
 
 
 def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *, upto: int | None = None,
@@ -82,7 +90,8 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
 
     `judge_workers` threads (default :func:`default_judge_workers`) judge the chunks with stored caches, the
     expensive ones (two full-size caches compared), while the loop runs the next chunks; such a chunk's state
-    is copied to the host before it runs, for its bundle.  The results are the same, in the same order."""
+    is kept before it runs (:meth:`Stream.keep_state`: a device copy on device-resident streams), for its
+    bundle.  The results are the same, in the same order."""
     t0 = time.perf_counter()
     ids = ref.chunk_ids
     if upto is not None:
@@ -111,7 +120,9 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             # the big caches come back only where the reference stores some to compare with
             fetch = fetch_all_caches or any(n in rec.outputs for n in big)
             later = judges is not None and any(n in rec.outputs for n in big)
-            snapshot = stream.state_snapshot() if snapshot_each or (later and keep_bundles) else {}
+            snapshot = stream.state_snapshot() if snapshot_each else {}
+            # a chunk judged later keeps the state it runs on (a device copy where the stream is device-resident)
+            kept = stream.keep_state() if later and keep_bundles and not snapshot_each else None
             ts = time.perf_counter()
             try:
                 out = stream.step(rec.inputs[audio_name], rec.inputs[length_name], fetch_caches=fetch)
@@ -133,11 +144,11 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 if keep_bundles:
                     feeds = {**snapshot, audio_name: rec.inputs[audio_name], length_name: rec.inputs[length_name]}
                     outs = stream.complete_outputs(out)
-                deferred.append(_Deferred(len(results), judges.submit(judge), ms, feeds, outs))
+                deferred.append(_Deferred(len(results), judges.submit(judge), ms, feeds, kept, outs))
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision, device=backend.device))  # settled below
                 while len(deferred) > JUDGE_LAG_PER_WORKER * workers:
-                    deferred.popleft().settle(results)
+                    deferred.popleft().settle(results, stream)
                 continue
             r = judge()
             r.step_ms = ms
@@ -148,7 +159,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 r.bundle_inputs, r.bundle_outputs = feeds, stream.complete_outputs(out)
             results.append(r)
         while deferred:
-            deferred.popleft().settle(results)
+            deferred.popleft().settle(results, stream)
     finally:
         stream.close()
         if judges is not None:

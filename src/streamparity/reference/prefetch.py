@@ -9,7 +9,6 @@ caller reaches chunk k, not before.
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -25,22 +24,26 @@ def default_workers() -> int:
     return 2 if (os.cpu_count() or 1) >= 4 else 1
 
 
-def prefetched(read: Callable[[int], R], ids: Sequence[int], *, depth: int = DEPTH,
-               workers: int | None = None) -> Iterator[R]:
+def prefetched(read: Callable[[int], R], ids: Sequence[int], *, depth: int = DEPTH, workers: int | None = None,
+               worth: Callable[[int], bool] | None = None) -> Iterator[R]:
     """``read(k)`` for every k in `ids`, in order, with up to `depth` reads under way ahead of the caller.
 
-    `read` must be safe to call from several threads at once.  Leaving the loop early cancels the reads
-    that have not started and waits for those that have."""
+    Only the ids that `worth` accepts (default: all) are read ahead; the others are read in the caller's
+    thread when it reaches them, so that stretches of small lines wake no thread at all.  `read` must be
+    safe to call from several threads at once.  Leaving the loop early cancels the reads that have not
+    started and waits for those that have."""
     pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="streamparity-read")
-    ahead: deque[Future[R]] = deque()
-    nxt = 0
+    ahead: dict[int, Future[R]] = {}
+    nxt = 0  # the next position whose read-ahead is decided
     try:
-        while nxt < len(ids) or ahead:
-            while nxt < len(ids) and len(ahead) < max(1, depth):
-                ahead.append(pool.submit(read, ids[nxt]))
+        for pos, k in enumerate(ids):
+            while nxt < len(ids) and nxt < pos + max(1, depth):
+                if worth is None or worth(ids[nxt]):
+                    ahead[nxt] = pool.submit(read, ids[nxt])
                 nxt += 1
-            yield ahead.popleft().result()
+            got = ahead.pop(pos, None)
+            yield got.result() if got is not None else read(k)
     finally:
-        for f in ahead:
+        for f in ahead.values():
             f.cancel()
         pool.shutdown(wait=True)

@@ -178,7 +178,7 @@ class ReferenceFile:
         self._use_sidecar = use_sidecar
         self._load_index(use_sidecar)
         self.read_ahead = max(e.length for e in self.entries) >= _REUSE_BYTES
-        """Whether iterating reads the next chunks ahead in threads (lines of a MiB or more: caches)."""
+        """Whether iterating reads ahead in threads, which it does for lines of a MiB or more (caches)."""
 
     # -- index ------------------------------------------------------------------------
     @property
@@ -323,7 +323,8 @@ class ReferenceFile:
         if self.read_ahead:
             from streamparity.reference.prefetch import prefetched
 
-            yield from prefetched(self.read, self.chunk_ids)
+            yield from prefetched(self.read, self.chunk_ids,
+                                  worth=lambda k: self._by_chunk[k].length >= _REUSE_BYTES)
         else:
             for k in self.chunk_ids:
                 yield self.read(k)
