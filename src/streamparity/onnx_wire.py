@@ -215,8 +215,12 @@ def external_extents(path: str | Path) -> dict[str, int]:
     dims x element size where the entry names none), so that a truncated weight file is found before a runtime
     trips over it."""
     out: dict[str, int] = {}
-    with _mapped(Path(path)) as data:
-        for t in _tensors(_graph(data)):
+    mapped = _mapped(Path(path))
+    with mapped as data:
+        graph = _graph(data)
+        if not mapped.contains(b"location"):
+            return out  # every external tensor names its file under the key "location": none here (memchr speed)
+        for t in _tensors(graph):
             external, entry, dims, elem = False, {}, [], 0
             for num, wt, val in fields(t):
                 if num == TENSOR_DATA_LOCATION and wt == 0:
@@ -266,6 +270,9 @@ class _mapped:
 
     def __enter__(self) -> memoryview:
         return self._view
+
+    def contains(self, needle: bytes) -> bool:
+        return self._m is not None and self._m.find(needle) >= 0
 
     def __exit__(self, *exc: object) -> None:
         self._view.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from typing import Any
 
 import pytest
@@ -195,7 +197,17 @@ class PluginSession:
         if isinstance(self._parity, ParitySession):
             self._parity.close()
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """What exists once tests are collected (modules, items, the contract) lives for the whole run: out of
+        the garbage collector's sight (``gc.freeze``), every full collection during the run no longer walks it
+        (~7% of an embedded parity run).  Given back at unconfigure."""
+        gc.freeze()
+        self._frozen = True
+
     def pytest_unconfigure(self) -> None:
+        if getattr(self, "_frozen", False):
+            gc.unfreeze()
+            self._frozen = False
         if self.run_dir is not None:  # no report was written (or it failed): the marker stays incomplete
             self.run_dir.close(complete=False)
 
