@@ -1,4 +1,7 @@
-"""The user-facing pytest run: ids, markers, failure messages with repro lines, summary, xdist."""
+"""The user-facing pytest run: ids, markers, failure messages with repro lines, summary, xdist.
+
+The runs are in this process (``run_pytest_inprocess``, pytester) where what is checked is the plugin's
+behaviour; xdist and the contract named in the environment keep a real ``python -m pytest`` subprocess."""
 
 from __future__ import annotations
 
@@ -21,16 +24,16 @@ def stuck_len_onnx(tmp_path_factory):
     return F.save(F.passthrough(F.load(TINY_ONNX), "cache_last_channel_next_len", "cache_last_channel_len"), p)
 
 
-def test_ids_and_markers_are_readable():
-    r = run_pytest("-m", "parity", "--collect-only", "-q", "--chunks", "17")
+def test_ids_and_markers_are_readable(run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity", "--collect-only", "-q", "--chunks", "17")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "test_closed_loop[ort-cpu-fp16-chunk017]" in r.stdout
     assert "test_functional[ort-cpu-fp32-chunk017]" in r.stdout
     assert "test_closed_loop_gates[ort-cpu-fp32-closed_loop]" in r.stdout
 
 
-def test_clean_run_passes_and_writes_summary(tmp_path):
-    r = run_pytest("-m", "parity", "--chunks", "0-29", "--report-dir", str(tmp_path), "-q")
+def test_clean_run_passes_and_writes_summary(tmp_path, run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity", "--chunks", "0-29", "--report-dir", str(tmp_path), "-q")
     assert r.returncode == 0, r.stdout[-3000:]
     assert "streamparity summary" in r.stdout
     doc = json.loads((tmp_path / "summary.json").read_text())
@@ -45,15 +48,15 @@ def test_clean_run_passes_and_writes_summary(tmp_path):
     assert doc["reference_check"]["ok"] is True
 
 
-def test_report_header_lists_versions_and_devices():
-    r = run_pytest("-m", "parity", "--collect-only", "--chunks", "0")
+def test_report_header_lists_versions_and_devices(run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity", "--collect-only", "--chunks", "0")
     head = r.stdout
     assert "streamparity 0.1.0: contract" in head and "versions: onnxruntime" in head
     assert "devices:" in head
 
 
-def test_failure_names_backend_mode_chunk_output_tolerance_and_repro(tmp_path, stuck_len_onnx):
-    r = run_pytest("-m", "parity and closed_loop", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
+def test_failure_names_backend_mode_chunk_output_tolerance_and_repro(tmp_path, stuck_len_onnx, run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity and closed_loop", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
                    "--chunks", "3", "--report-dir", str(tmp_path), "-q")
     assert r.returncode == 1
     out = r.stdout
@@ -63,21 +66,21 @@ def test_failure_names_backend_mode_chunk_output_tolerance_and_repro(tmp_path, s
     assert repro, out[-3000:]
     # the repro command reruns just that case and fails the same way
     args = shlex.split(repro[0][len("repro: "):])[1:]
-    again = run_pytest(*args, "-q", "--report-dir", str(tmp_path / "again"))
+    again = run_pytest_inprocess(*args, "-q", "--report-dir", str(tmp_path / "again"))
     assert again.returncode == 1
     assert re.search(r"1 failed", again.stdout), again.stdout[-2000:]
     assert "[ort-cpu-fp32 closed_loop chunk 3] CONTRACT VIOLATION" in again.stdout
 
 
-def test_bad_backend_option_is_a_usage_error():
-    r = run_pytest("-m", "parity", "--backend", "ort-gpu-fp99", "--collect-only")
+def test_bad_backend_option_is_a_usage_error(run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity", "--backend", "ort-gpu-fp99", "--collect-only")
     assert r.returncode == 4
     assert "invalid backend 'ort-gpu-fp99'" in r.stderr
     assert "Traceback" not in r.stderr
 
 
-def test_missing_contract_is_a_usage_error(tmp_path):
-    r = run_pytest("-m", "parity", "--contract", str(tmp_path / "none.json"), "--collect-only")
+def test_missing_contract_is_a_usage_error(tmp_path, run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity", "--contract", str(tmp_path / "none.json"), "--collect-only")
     assert r.returncode == 4
     assert "none.json: contract file not found" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
@@ -125,8 +128,8 @@ def test_root_is_repository():
     ],
     ids=["onnx-not-a-model", "offline-not-npz", "reference-is-dir", "chunks-outside", "trt-on-cpu", "int8"],
 )
-def test_bad_inputs_are_one_usage_error(args, needle):
-    r = run_pytest("-m", "parity", *args, "--collect-only", "-q")
+def test_bad_inputs_are_one_usage_error(args, needle, run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity", *args, "--collect-only", "-q")
     out = r.stdout + r.stderr
     assert r.returncode == 4, out[-2000:]
     assert needle in out and "Traceback" not in out
@@ -143,18 +146,19 @@ def test_contract_by_name_in_the_environment():
     assert r.returncode == 4 and "$STREAMPARITY_CONTRACT: unknown contract 'no-such-contract'" in r.stderr
 
 
-def test_require_backends_turns_skips_into_failures(tmp_path):
+def test_require_backends_turns_skips_into_failures(tmp_path, run_pytest_inprocess):
     if importlib.util.find_spec("tensorrt") is not None and hasattr(__import__("tensorrt"), "Builder"):
         pytest.skip("TensorRT is installed here")
-    r = run_pytest("-m", "parity and closed_loop", "--backend", "trt-cuda-fp32", "--chunks", "0",
+    r = run_pytest_inprocess("-m", "parity and closed_loop", "--backend", "trt-cuda-fp32", "--chunks", "0",
                    "--require-backends", "--report-dir", str(tmp_path), "-q")
     assert r.returncode == 1 and "(--require-backends)" in r.stdout
 
 
-def test_failures_past_the_first_few_are_one_line_and_write_no_bundle(stuck_len_onnx, tmp_path):
+def test_failures_past_the_first_few_are_one_line_and_write_no_bundle(stuck_len_onnx, tmp_path,
+                                                                       run_pytest_inprocess):
     """A run whose every chunk fails: the first --max-chunk-failures chunks in full with bundles, the rest one
     line each (with their repro line); the summary table names the first cause."""
-    r = run_pytest("-m", "parity and functional", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
+    r = run_pytest_inprocess("-m", "parity and functional", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
                    "--chunks", "0-7", "--max-chunk-failures=3", f"--report-dir={tmp_path}", "-p", "no:xdist", "-q")
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
     # The failure messages themselves, not pytest's short summary (which repeats them whole when $CI is set).
@@ -163,7 +167,7 @@ def test_failures_past_the_first_few_are_one_line_and_write_no_bundle(stuck_len_
     assert len(one_line) == 5 and "failing chunk 4 of 8" in one_line[0] and "repro: pytest" in one_line[0]
     assert len(list((tmp_path / "bundles").glob("*.npz"))) == 3
     assert "contract invariants" in r.stdout and "8 chunk(s) violate, first @chunk 0" in r.stdout
-    r = run_pytest("-m", "parity and functional", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
+    r = run_pytest_inprocess("-m", "parity and functional", "--onnx", str(stuck_len_onnx), "--backend", "ort-cpu-fp32",
                    "--chunks", "0-7", "--max-chunk-failures=3", "--all-bundles", f"--report-dir={tmp_path / 'all'}",
                    "-p", "no:xdist", "-q")
     assert len(list((tmp_path / "all" / "bundles").glob("*.npz"))) == 8
