@@ -13,7 +13,7 @@ from streamparity.errors import ReferenceInvalid
 from streamparity.reference.checks import check_reference, require_valid
 from streamparity.reference.reader import ReferenceFile
 from streamparity.reference.writer import ReferenceWriter
-from tests.conftest import TINY_CONTRACT, TINY_REFERENCE, run_cli, run_pytest
+from tests.conftest import TINY_CONTRACT, TINY_REFERENCE, run_cli_inprocess
 
 HAS_NEMO = importlib.util.find_spec("nemo") is not None
 
@@ -74,10 +74,10 @@ def test_nan_in_reference_is_rejected(tmp_path, tiny_contract):
         require_valid(tiny_contract, ReferenceFile(bad))
 
 
-def test_parity_run_refuses_to_judge_against_a_bad_reference(tmp_path):
+def test_parity_run_refuses_to_judge_against_a_bad_reference(tmp_path, run_pytest_inprocess):
     bad = _rewrite(TINY_REFERENCE, tmp_path / "reset.jsonl", 30, _reset_caches)
-    r = run_pytest("-m", "parity", "--reference", str(bad), "--backend", "ort-cpu-fp32", "--chunks", "0-3",
-                   "--report-dir", str(tmp_path / "rep"), "-q")
+    r = run_pytest_inprocess("-m", "parity", "--reference", str(bad), "--backend", "ort-cpu-fp32", "--chunks", "0-3",
+                             "--report-dir", str(tmp_path / "rep"), "-q")
     assert r.returncode == 1, r.stdout[-2000:]
     assert "rejected before judging any runtime" in r.stdout
     assert "_ test_reference_is_sane _" in r.stdout
@@ -87,10 +87,10 @@ def test_parity_run_refuses_to_judge_against_a_bad_reference(tmp_path):
 @pytest.mark.skipif(not HAS_NEMO, reason="NeMo is not installed (pip install 'streamparity[nemo]')")
 @pytest.mark.slow
 def test_generator_with_cache_reset_is_rejected(tmp_path):
-    r = run_cli("make-reference", "--contract", str(TINY_CONTRACT), "--config",
-                str(TINY_CONTRACT.parent.parent / "fixtures" / "tiny" / "encoder_config.json"),
-                "--out-dir", str(tmp_path), "--num-chunks", "60", "--functional-chunks", "48",
-                "--inject-fault", "reset-cache", "--no-export")
+    r = run_cli_inprocess("make-reference", "--contract", str(TINY_CONTRACT), "--config",
+                          str(TINY_CONTRACT.parent.parent / "fixtures" / "tiny" / "encoder_config.json"),
+                          "--out-dir", str(tmp_path), "--num-chunks", "60", "--functional-chunks", "48",
+                          "--inject-fault", "reset-cache", "--no-export")
     assert r.returncode == 0, r.stderr[-2000:]
     from streamparity.contract.loading import load_contract
 
@@ -119,5 +119,5 @@ def test_offline_coverage_is_stated_and_a_short_offline_file_rejected(tmp_path, 
     assert not rep.ok and rep.offline is not None and rep.offline.beyond_end == 150
     text = rep.summary()
     assert "shorter than the stream" in text and "covered 110 of 300 chunks" in text and "300 frames" in text
-    r = run_cli("check-reference", str(TINY_REFERENCE), "--no-bench")
+    r = run_cli_inprocess("check-reference", str(TINY_REFERENCE), "--no-bench")
     assert r.returncode == 0 and "offline comparison covered 260 of 300 chunks" in r.stdout, r.stdout + r.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamparity.reference.reader import ReferenceFile
-from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli
+from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli_inprocess
 
 pytestmark = [pytest.mark.slow,  # NeMo runs on the CPU: deselect with -m "not slow" while developing
               pytest.mark.skipif(importlib.util.find_spec("nemo") is None,
@@ -19,9 +19,10 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory):
     out = tmp_path_factory.mktemp("regen")
-    r = run_cli("make-reference", "--contract", str(TINY_CONTRACT), "--config",
-                str(ROOT / "fixtures" / "tiny" / "encoder_config.json"), "--out-dir", str(out),
-                "--functional-chunks", "48")
+    # in this process: NeMo is imported once for the session (~18 s), as the other generator tests use it
+    r = run_cli_inprocess("make-reference", "--contract", str(TINY_CONTRACT), "--config",
+                          str(ROOT / "fixtures" / "tiny" / "encoder_config.json"), "--out-dir", str(out),
+                          "--functional-chunks", "48")
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
