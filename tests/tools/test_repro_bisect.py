@@ -1,5 +1,7 @@
 """A model broken at a known layer: the parity run prints `repro:` lines, the printed `streamparity repro`
-command reproduces the failure on that chunk alone, and `streamparity bisect` names the broken tensor."""
+command reproduces the failure on that chunk alone, and `streamparity bisect` names the broken tensor.
+
+The printed `streamparity repro` command runs as printed, as a process; the other runs are in this process."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import json
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli, run_pytest
+from tests.conftest import ROOT, TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, Ran, run_cli_inprocess, run_pytest
 
 BROKEN_NODE = "/layers.1/feed_forward1/linear2/MatMul"
 BROKEN_TENSOR = "/layers.1/feed_forward1/linear2/MatMul_output_0"
@@ -65,21 +68,21 @@ def test_failing_chunks_print_repro_lines(broken_run: tuple[Path, str]) -> None:
     assert "Traceback" not in out
 
 
-def test_pytest_repro_line_works_from_the_directory_pytest_ran_in(broken_run: tuple[Path, str],
-                                                                   tmp_path: Path) -> None:
+def test_pytest_repro_line_works_from_the_directory_pytest_ran_in(broken_run: tuple[Path, str], tmp_path: Path,
+                                                                   run_pytest_inprocess: Callable[..., Ran]) -> None:
     """Started from suite/ with --report-dir and --fail-on-warn: the printed line reruns that one case there."""
     onnx, _ = broken_run
     here = ROOT / "suite"
-    r = run_pytest("-m", "parity", "parity/test_parity.py", "--onnx", str(onnx), "--backend", "ort-cpu-fp32",
-                   "--chunks", "1-2", "--report-dir", str(tmp_path / "r1"), "--fail-on-warn", "-p", "no:xdist", "-q",
-                   cwd=here)
+    r = run_pytest_inprocess("-m", "parity", "parity/test_parity.py", "--onnx", str(onnx), "--backend",
+                             "ort-cpu-fp32", "--chunks", "1-2", "--report-dir", str(tmp_path / "r1"), "--fail-on-warn",
+                             "-p", "no:xdist", "-q", cwd=here)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     line = next(x for x in r.stdout.splitlines() if x.startswith("repro: pytest ") and "chunk002" in x)
     argv = shlex.split(line[len("repro: "):])
     assert argv[1].startswith("parity/test_parity.py::test_")
     # its reports go beside the failing run's, not over them
     assert f"--report-dir={tmp_path / 'r1' / 'repro'}" in argv and "--fail-on-warn" in argv and "--chunks=2" in argv
-    again = run_pytest(*argv[1:], "-q", cwd=here)
+    again = run_pytest_inprocess(*argv[1:], "-q", cwd=here)
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("FAILED ") == 1 and "1 failed" in again.stdout, again.stdout[-2000:]
     first = json.loads((tmp_path / "r1" / "summary.json").read_text())
@@ -111,7 +114,7 @@ def test_printed_repro_command_reproduces_that_chunk_alone(broken_run: tuple[Pat
 def test_bisect_names_the_broken_tensor(broken_run: tuple[Path, str]) -> None:
     _, out = broken_run
     bundle = _repro_commands(out)[("functional", 1)][2]
-    r = run_cli("bisect", bundle)
+    r = run_cli_inprocess("bisect", bundle)
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"first divergent tensor: {BROKEN_TENSOR}\n" in r.stdout
     assert "error profile along the graph" in r.stdout and "layers.0 " in r.stdout
@@ -125,7 +128,7 @@ def test_bisect_from_a_reference_chunk(broken_run: tuple[Path, str], tmp_path: P
     import json
 
     onnx, _ = broken_run
-    r = run_cli("bisect", "--chunk", "5", "--onnx", str(onnx), "--json", str(tmp_path / "b.json"))
+    r = run_cli_inprocess("bisect", "--chunk", "5", "--onnx", str(onnx), "--json", str(tmp_path / "b.json"))
     assert r.returncode == 1 and f"first divergent tensor: {BROKEN_TENSOR}" in r.stdout
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["first"]["name"] == BROKEN_TENSOR and doc["chunk"] == 5
@@ -164,7 +167,7 @@ def test_bisect_marking_only_float_tensors_still_names_the_broken_tensor(broken_
 
 def test_bisect_on_tensorrt_without_tensorrt_says_what_is_missing(broken_run: tuple[Path, str]) -> None:
     onnx, _ = broken_run
-    r = run_cli("bisect", "--chunk", "3", "--onnx", str(onnx), "--backend", "trt-cuda-fp16")
+    r = run_cli_inprocess("bisect", "--chunk", "3", "--onnx", str(onnx), "--backend", "trt-cuda-fp16")
     try:
         import tensorrt
 
@@ -178,7 +181,7 @@ def test_bisect_on_tensorrt_without_tensorrt_says_what_is_missing(broken_run: tu
 
 
 def test_bisect_clean_model_finds_nothing() -> None:
-    r = run_cli("bisect", "--chunk", "0", "--backend", "ort-cpu-fp16")
+    r = run_cli_inprocess("bisect", "--chunk", "0", "--backend", "ort-cpu-fp16")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "no tensor diverges" in r.stdout
 
@@ -186,6 +189,6 @@ def test_bisect_clean_model_finds_nothing() -> None:
 def test_repro_rejects_a_non_bundle(tmp_path: Path) -> None:
     bad = tmp_path / "bundle.npz"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
-    r = run_cli("repro", str(bad))
+    r = run_cli_inprocess("repro", str(bad))
     assert r.returncode == 2 and str(bad) in r.stderr and "not a streamparity bundle" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
