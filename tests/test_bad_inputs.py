@@ -1,5 +1,8 @@
 """The bad-input corpus: each malformed input gets one clear error naming the file and the line, chunk or
-field, a non-zero exit status, and no Python traceback, from the CLI and from `pytest -m parity`."""
+field, a non-zero exit status, and no Python traceback, from the CLI and from `pytest -m parity`.
+
+Both run in this process (``main(argv)``, pytester), where an uncaught exception still shows as a traceback on
+stderr; a missing reference file runs ``python -m streamparity.cli`` as a process (its exit status as a process)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, run_cli, run_pytest
+from tests.conftest import TINY_CONTRACT, TINY_ONNX, TINY_REFERENCE, Ran, run_cli, run_cli_inprocess
 
 N_CHUNKS = 6
 BAD_CHUNK = 3
@@ -153,16 +156,17 @@ def _make(tmp_path: Path, how: dict[str, Any]) -> Path:
 @pytest.mark.parametrize(("case", "how", "needles"), CORPUS, ids=[c[0] for c in CORPUS])
 def test_check_reference_rejects(tmp_path: Path, case: str, how: dict[str, Any], needles: list[str]) -> None:
     bad = _make(tmp_path, how)
-    r = run_cli("check-reference", str(bad), "--contract", str(TINY_CONTRACT), "--no-bench")
+    r = run_cli_inprocess("check-reference", str(bad), "--contract", str(TINY_CONTRACT), "--no-bench")
     out = assert_clean_error(r, str(bad), *needles, code=2)
     assert out.startswith("streamparity check-reference: error: ")
 
 
 @pytest.mark.parametrize(("case", "how", "needles"), CORPUS, ids=[c[0] for c in CORPUS])
-def test_parity_run_rejects(tmp_path: Path, case: str, how: dict[str, Any], needles: list[str]) -> None:
+def test_parity_run_rejects(tmp_path: Path, case: str, how: dict[str, Any], needles: list[str],
+                            run_pytest_inprocess: Callable[..., Ran]) -> None:
     bad = _make(tmp_path, how)
-    r = run_pytest("-m", "parity", "suite/parity/test_parity.py", "--reference", str(bad), "--backend",
-                   "ort-cpu-fp32", "-p", "no:xdist", "-q", "-x", "--report-dir", str(tmp_path / "rep"))
+    r = run_pytest_inprocess("-m", "parity", "suite/parity/test_parity.py", "--reference", str(bad), "--backend",
+                             "ort-cpu-fp32", "-p", "no:xdist", "-q", "-x", "--report-dir", str(tmp_path / "rep"))
     assert_clean_error(r, str(bad), *needles[-1:])
 
 
@@ -187,18 +191,19 @@ def _bad_contract(tmp_path: Path) -> Path:
     return p
 
 
-def test_contract_violating_the_schema(tmp_path: Path) -> None:
+def test_contract_violating_the_schema(tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
     bad = _bad_contract(tmp_path)
-    r = run_cli("check-reference", str(TINY_REFERENCE), "--contract", str(bad), "--no-bench")
+    r = run_cli_inprocess("check-reference", str(TINY_REFERENCE), "--contract", str(bad), "--no-bench")
     assert_clean_error(r, str(bad), "schema violation at $.cache_layout", "field '$.cache_layout'", code=2)
-    r = run_pytest("-m", "parity", "suite/parity/test_parity.py", "--contract", str(bad), "-p", "no:xdist", "-q")
+    r = run_pytest_inprocess("-m", "parity", "suite/parity/test_parity.py", "--contract", str(bad), "-p", "no:xdist",
+                             "-q")
     assert_clean_error(r, str(bad), "schema violation at $.cache_layout")
 
 
 def test_contract_that_is_not_json(tmp_path: Path) -> None:
     bad = tmp_path / "broken.contract.json"
     bad.write_text('{"schema_version": 1,\n "name": "x",\n')
-    r = run_cli("bisect", "--chunk", "0", "--contract", str(bad))
+    r = run_cli_inprocess("bisect", "--chunk", "0", "--contract", str(bad))
     assert_clean_error(r, f"{bad}:3", "invalid JSON", code=2)
 
 
@@ -216,20 +221,21 @@ def _io_mismatch_onnx(tmp_path: Path) -> Path:
     return p
 
 
-def test_onnx_io_disagrees_with_the_contract(tmp_path: Path) -> None:
+def test_onnx_io_disagrees_with_the_contract(tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
     bad = _io_mismatch_onnx(tmp_path)
     needles = ("model has no output 'encoded_lengths'", "field 'outputs.encoded_lengths'")
-    r = run_cli("bisect", "--chunk", "0", "--onnx", str(bad))
+    r = run_cli_inprocess("bisect", "--chunk", "0", "--onnx", str(bad))
     assert_clean_error(r, str(bad), *needles, code=2)
-    r = run_pytest("-m", "parity", "suite/parity/test_parity.py", "--onnx", str(bad), "--backend", "ort-cpu-fp32",
-                   "--chunks", "0", "-p", "no:xdist", "-q", "--report-dir", str(tmp_path / "rep"))
+    r = run_pytest_inprocess("-m", "parity", "suite/parity/test_parity.py", "--onnx", str(bad), "--backend",
+                             "ort-cpu-fp32", "--chunks", "0", "-p", "no:xdist", "-q", "--report-dir",
+                             str(tmp_path / "rep"))
     assert_clean_error(r, str(bad), *needles)
 
 
 def test_onnx_that_is_not_a_model(tmp_path: Path) -> None:
     bad = tmp_path / "garbage.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 100)
-    r = run_cli("bisect", "--chunk", "0", "--onnx", str(bad))
+    r = run_cli_inprocess("bisect", "--chunk", "0", "--onnx", str(bad))
     assert_clean_error(r, str(bad), "cannot load ONNX", code=2)
 
 
@@ -288,7 +294,7 @@ def test_contract_with_a_non_finite_tolerance(tmp_path: Path, value: str) -> Non
     doc["tolerances"]["outputs"]["fp32"]["atol"] = "__X__"
     bad = tmp_path / "nan.contract.json"
     bad.write_text(json.dumps(doc).replace('"__X__"', value))
-    r = run_cli("check-reference", str(TINY_REFERENCE), "--contract", str(bad), "--no-bench")
+    r = run_cli_inprocess("check-reference", str(TINY_REFERENCE), "--contract", str(bad), "--no-bench")
     assert_clean_error(r, str(bad), "$.tolerances.outputs.fp32.atol", "NaN and Infinity are not valid", code=2)
 
 
@@ -299,5 +305,5 @@ def test_contract_with_a_non_finite_tolerance(tmp_path: Path, value: str) -> Non
     (["--only", "zzz_matches_nothing"], "--only 'zzz_matches_nothing' matches none of the model's"),
 ], ids=["bad-regex", "negative-atol", "nan-rtol", "regex-matching-nothing"])
 def test_bisect_bad_arguments(args: list[str], needle: str) -> None:
-    r = run_cli("bisect", "--chunk", "1", *args)
+    r = run_cli_inprocess("bisect", "--chunk", "1", *args)
     assert_clean_error(r, needle, code=2)
