@@ -1,5 +1,8 @@
 """Cases from a hunt of bad inputs and faults (issue 12): each is one clear line with the right exit code, or
-a verdict that says why; never a traceback, a silent pass or a report that lies."""
+a verdict that says why; never a traceback, a silent pass or a report that lies.
+
+Runs are in this process (``main(argv)``, pytester) except where an environment variable is the input: those
+start ``python -m pytest`` with it set."""
 
 from __future__ import annotations
 
@@ -7,12 +10,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY_ONNX, TINY_REFERENCE, run_cli, run_pytest
+from tests.conftest import ROOT, TINY_ONNX, TINY_REFERENCE, Ran, run_cli_inprocess
 from tests.test_bad_inputs import _garbage_b64, _set, assert_clean_error, make_reference
 
 onnx = pytest.importorskip("onnx")
@@ -39,7 +43,8 @@ def _fixed_frames_onnx(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["extra-input", "fixed-frames", "empty-report-dir", "chunks-outside",
                                   "drift-rate"])
-def test_bad_run_inputs_are_one_usage_error(tmp_path: Path, case: str) -> None:
+def test_bad_run_inputs_are_one_usage_error(tmp_path: Path, case: str,
+                                            run_pytest_inprocess: Callable[..., Ran]) -> None:
     env_rate = None
     if case == "extra-input":
         args, needle = [f"--onnx={_extra_input_onnx(tmp_path)}"], "model has input(s) 'extra_in' that the contract"
@@ -52,29 +57,34 @@ def test_bad_run_inputs_are_one_usage_error(tmp_path: Path, case: str) -> None:
     else:
         args, needle, env_rate = ["-p", "streamparity.tools.drift_fault", "--backend=drift-cpu-fp32"], \
             "$STREAMPARITY_DRIFT_RATE: 'abc' is not a finite number", "abc"
-    env = {**os.environ, **({"STREAMPARITY_DRIFT_RATE": env_rate} if env_rate else {})}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    cmd = [sys.executable, "-m", "pytest", "-m", "parity", "-q", "--chunks=0-3", *args]
+    cmd = ["-m", "parity", "-q", "--chunks=0-3", *args]
     if not any(a.startswith("--report-dir") for a in args):
         cmd.append(f"--report-dir={tmp_path / 'rep'}")
     if case == "chunks-outside":
         cmd.remove("--chunks=0-3")
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120, check=False)
+    if env_rate is None:
+        r: Ran | subprocess.CompletedProcess[str] = run_pytest_inprocess(*cmd)
+    else:  # the input is the environment: a process started with it
+        env = {**os.environ, "STREAMPARITY_DRIFT_RATE": env_rate}
+        env.pop("PYTEST_XDIST_WORKER", None)
+        r = subprocess.run([sys.executable, "-m", "pytest", *cmd], cwd=ROOT, capture_output=True, text=True, env=env,
+                           timeout=120, check=False)
     assert_clean_error(r, needle, code=4)
 
 
-def test_a_repeated_backend_runs_once(tmp_path: Path) -> None:
-    r = run_pytest("-m", "parity and functional", "--backend=ort-cpu-fp32", "--backend=ort-cpu-fp32",
-                   "--chunks=0-1", f"--report-dir={tmp_path}", "-q")
+def test_a_repeated_backend_runs_once(tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
+    r = run_pytest_inprocess("-m", "parity and functional", "--backend=ort-cpu-fp32", "--backend=ort-cpu-fp32",
+                             "--chunks=0-1", f"--report-dir={tmp_path}", "-q")
     assert r.returncode == 0, r.stdout[-2000:]
     runs = json.loads((tmp_path / "summary.json").read_text())["runs"]
     assert [(x["backend"], x["chunks"]) for x in runs] == [("ort-cpu-fp32", 2)]
 
 
-def test_a_rejected_reference_still_writes_a_failing_report(tmp_path: Path) -> None:
+def test_a_rejected_reference_still_writes_a_failing_report(tmp_path: Path,
+                                                            run_pytest_inprocess: Callable[..., Ran]) -> None:
     bad = make_reference(tmp_path / "bad.jsonl", _set("outputs", "cache_last_time_next", _garbage_b64))
-    r = run_pytest("-m", "parity", "--backend=ort-cpu-fp32", f"--reference={bad}", f"--report-dir={tmp_path / 'r'}",
-                   "-q")
+    r = run_pytest_inprocess("-m", "parity", "--backend=ort-cpu-fp32", f"--reference={bad}",
+                             f"--report-dir={tmp_path / 'r'}", "-q")
     assert r.returncode == 1
     doc = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert doc["verdict"] == "FAIL" and doc["reference_check"]["ok"] is False
@@ -84,27 +94,27 @@ def test_a_rejected_reference_still_writes_a_failing_report(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("case", ["init-contract-out-dir", "check-reference-json-dir", "record-negative-upto",
                                   "record-missing-runtime", "repro-unknown-backend"])
-def test_cli_errors_are_one_line(tmp_path: Path, case: str) -> None:
+def test_cli_errors_are_one_line(tmp_path: Path, case: str, run_pytest_inprocess: Callable[..., Ran]) -> None:
     if case == "init-contract-out-dir":
-        r, needle = run_cli("init-contract", f"--onnx={TINY_ONNX}", f"--out={tmp_path}"), "is a directory"
+        r, needle = run_cli_inprocess("init-contract", f"--onnx={TINY_ONNX}", f"--out={tmp_path}"), "is a directory"
     elif case == "check-reference-json-dir":
-        r, needle = run_cli("check-reference", str(TINY_REFERENCE), "--no-bench", f"--json={tmp_path}"), \
-            "Is a directory"
+        r, needle = run_cli_inprocess("check-reference", str(TINY_REFERENCE), "--no-bench",
+                                      f"--json={tmp_path}"), "Is a directory"
     elif case == "record-negative-upto":
-        r, needle = run_cli("record", "--backend=ort-cpu-fp32", f"--out={tmp_path / 'rec'}", "--upto=-1"), \
-            "argument --upto"
+        r, needle = run_cli_inprocess("record", "--backend=ort-cpu-fp32", f"--out={tmp_path / 'rec'}",
+                                      "--upto=-1"), "argument --upto"
     elif case == "record-missing-runtime":
-        r, needle = run_cli("record", "--backend=ext-cpp-fp32", "--runtime=cpp:fp32=/nonexistent/serve",
-                            f"--out={tmp_path / 'rec'}", "--upto=1"), "cannot be started"
+        r, needle = run_cli_inprocess("record", "--backend=ext-cpp-fp32", "--runtime=cpp:fp32=/nonexistent/serve",
+                                      f"--out={tmp_path / 'rec'}", "--upto=1"), "cannot be started"
     else:
-        meta, arrays = _stuck_bundle(tmp_path)
+        meta, arrays = _stuck_bundle(tmp_path, run_pytest_inprocess)
         meta["backend"] = "foo-cpu-fp32"
-        r, needle = run_cli("repro", str(_save_bundle(tmp_path / "edited.npz", meta, arrays))), \
+        r, needle = run_cli_inprocess("repro", str(_save_bundle(tmp_path / "edited.npz", meta, arrays))), \
             "invalid backend 'foo-cpu-fp32'"
     assert_clean_error(r, needle, code=2)
 
 
-def _stuck_bundle(tmp_path: Path) -> tuple[dict, dict]:
+def _stuck_bundle(tmp_path: Path, run_pytest: Callable[..., Ran]) -> tuple[dict, dict]:
     """(meta, arrays) of a real failure bundle: a stuck cache length, functional chunk 1."""
     from streamparity.tools import onnx_faults as F
 
@@ -123,20 +133,23 @@ def _save_bundle(path: Path, meta: dict, arrays: dict) -> Path:
     return path
 
 
-def test_repro_refuses_a_bundle_whose_inputs_were_altered(tmp_path: Path) -> None:
-    meta, arrays = _stuck_bundle(tmp_path)
-    assert run_cli("repro", str(_save_bundle(tmp_path / "same.npz", meta, arrays))).returncode == 1  # reproduced
+def test_repro_refuses_a_bundle_whose_inputs_were_altered(tmp_path: Path,
+                                                         run_pytest_inprocess: Callable[..., Ran]) -> None:
+    meta, arrays = _stuck_bundle(tmp_path, run_pytest_inprocess)
+    same = run_cli_inprocess("repro", str(_save_bundle(tmp_path / "same.npz", meta, arrays)))
+    assert same.returncode == 1  # reproduced
     arrays["input/audio_signal"] = arrays["input/audio_signal"][..., :20]
-    r = run_cli("repro", str(_save_bundle(tmp_path / "cut.npz", meta, arrays)))
+    r = run_cli_inprocess("repro", str(_save_bundle(tmp_path / "cut.npz", meta, arrays)))
     assert_clean_error(r, "bundle input audio_signal: 20 frames, contract schedule says 25", code=2)
 
 
-def test_cli_contract_options_take_shipped_names_and_odd_files_are_named(tmp_path: Path) -> None:
-    assert run_cli("check-contract", "tiny-parakeet").returncode == 0
-    r = run_cli("check-reference", str(TINY_REFERENCE), "--contract=tiny-parakeet", "--no-bench")
+def test_cli_contract_options_take_shipped_names_and_odd_files_are_named(
+        tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
+    assert run_cli_inprocess("check-contract", "tiny-parakeet").returncode == 0
+    r = run_cli_inprocess("check-reference", str(TINY_REFERENCE), "--contract=tiny-parakeet", "--no-bench")
     assert r.returncode == 0 and "contract invariants" in r.stdout, r.stderr
-    assert_clean_error(run_cli("repro", str(tmp_path)), "is a directory, not a file", code=2)
-    r = run_pytest("-m", "parity", "--reference=/dev/zero", "--collect-only", "-q")
+    assert_clean_error(run_cli_inprocess("repro", str(tmp_path)), "is a directory, not a file", code=2)
+    r = run_pytest_inprocess("-m", "parity", "--reference=/dev/zero", "--collect-only", "-q")
     assert_clean_error(r, "reference is not a regular file", code=4)
 
 
@@ -147,14 +160,15 @@ def test_every_spelling_of_todo_is_undecided(reason: str) -> None:
     assert is_todo(reason) and not is_todo("a reason that mentions todo later")
 
 
-def test_truncated_external_weights_are_refused_up_front(tmp_path: Path) -> None:
+def test_truncated_external_weights_are_refused_up_front(tmp_path: Path,
+                                                        run_pytest_inprocess: Callable[..., Ran]) -> None:
     m = onnx.load(str(TINY_ONNX))
     model = tmp_path / "ext.onnx"
     onnx.save_model(m, str(model), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
                     size_threshold=1024)
     data = tmp_path / "ext.data"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    r = run_pytest("-m", "parity", f"--onnx={model}", "--collect-only", "-q")
+    r = run_pytest_inprocess("-m", "parity", f"--onnx={model}", "--collect-only", "-q")
     assert_clean_error(r, "external data file ext.data holds", "(truncated?)", code=4)
 
 
@@ -162,8 +176,8 @@ def test_a_reference_with_foreign_tensors_or_layout_and_a_wrong_offline_batch_ar
     def extra(obj: dict) -> None:
         obj["inputs"]["bogus"] = obj["inputs"]["length"]
 
-    r = run_cli("check-reference", str(make_reference(tmp_path / "x.jsonl", extra)), "--contract=tiny-parakeet",
-                "--no-bench")
+    r = run_cli_inprocess("check-reference", str(make_reference(tmp_path / "x.jsonl", extra)),
+                          "--contract=tiny-parakeet", "--no-bench")
     assert_clean_error(r, "not a tensor of the contract", code=2)
     from streamparity.contract.loading import load_contract
     from streamparity.reference.checks import check_reference
