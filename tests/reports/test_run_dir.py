@@ -4,33 +4,37 @@ earlier run's files never left looking current, a killed run recognisable as inc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from streamparity.reports.run_dir import RUN_FILE, ReportDirError, RunDir
-from tests.conftest import run_pytest
+from tests.conftest import Ran
 
 SMALL = ("-m", "parity and functional", "--backend=ort-cpu-fp32", "--chunks=0-1", "-p", "no:xdist", "-q")
 
 
-def test_a_report_dir_that_is_a_file_is_a_usage_error_before_any_test(tmp_path: Path) -> None:
+def test_a_report_dir_that_is_a_file_is_a_usage_error_before_any_test(tmp_path: Path,
+                                                                      run_pytest_inprocess: Callable[..., Ran]) -> None:
     f = tmp_path / "not-a-dir"
     f.write_text("x")
-    r = run_pytest(*SMALL, f"--report-dir={f}")
+    r = run_pytest_inprocess(*SMALL, f"--report-dir={f}")
     assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout[-2000:] + r.stderr[-2000:]
     assert "--report-dir is a file" in r.stderr and "passed" not in r.stdout
 
 
-def test_a_report_dir_that_cannot_be_created_is_a_usage_error(tmp_path: Path) -> None:
+def test_a_report_dir_that_cannot_be_created_is_a_usage_error(tmp_path: Path,
+                                                              run_pytest_inprocess: Callable[..., Ran]) -> None:
     f = tmp_path / "file"
     f.write_text("x")
-    r = run_pytest(*SMALL, f"--report-dir={f / 'sub'}")
+    r = run_pytest_inprocess(*SMALL, f"--report-dir={f / 'sub'}")
     assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout[-2000:] + r.stderr[-2000:]
     assert "cannot be written" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_an_earlier_runs_files_are_removed_and_the_new_summary_names_its_run(tmp_path: Path) -> None:
+def test_an_earlier_runs_files_are_removed_and_the_new_summary_names_its_run(
+        tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
     d = tmp_path / "reports"
     (d / "bundles").mkdir(parents=True)
     (d / "summary.json").write_text('{"verdict": "PASS", "stale": true}')
@@ -41,7 +45,7 @@ def test_an_earlier_runs_files_are_removed_and_the_new_summary_names_its_run(tmp
     (d / "bundles" / ".x.npz.123.tmp").write_bytes(b"")
     (d / ".summary.json.abc.tmp").write_bytes(b"")
     (d / "notes.txt").write_text("the user's own file")
-    r = run_pytest(*SMALL, f"--report-dir={d}")
+    r = run_pytest_inprocess(*SMALL, f"--report-dir={d}")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     summary = json.loads((d / "summary.json").read_text())
     run = json.loads((d / RUN_FILE).read_text())
@@ -64,14 +68,15 @@ def test_a_run_that_never_finished_is_marked_incomplete(tmp_path: Path) -> None:
     rd._lock.release()
 
 
-def test_a_second_run_on_the_same_report_dir_is_refused(tmp_path: Path) -> None:
+def test_a_second_run_on_the_same_report_dir_is_refused(tmp_path: Path,
+                                                        run_pytest_inprocess: Callable[..., Ran]) -> None:
     d = tmp_path / "reports"
     holder = RunDir(d)
     holder.open()
     try:
         with pytest.raises(ReportDirError, match="another streamparity run"):
             RunDir(d).open()
-        r = run_pytest(*SMALL, f"--report-dir={d}")
+        r = run_pytest_inprocess(*SMALL, f"--report-dir={d}")
         assert r.returncode == pytest.ExitCode.USAGE_ERROR, r.stdout[-2000:] + r.stderr[-2000:]
         assert f"run {holder.run_id}" in r.stderr and "own --report-dir" in r.stderr
     finally:
