@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from streamparity.reports import plots
 from streamparity.reports.markdown import render, write_markdown_report
-from tests.conftest import run_pytest
+from tests.conftest import Ran, run_pytest
 
 
 def is_svg(path: Path) -> bool:
@@ -106,10 +107,11 @@ def test_report_from_a_minimal_summary(tmp_path: Path) -> None:
     assert "| fp16-softmax | outputs | open | FP16 softmax overflow |" in md
 
 
-def test_one_chunk_run_says_its_stability_is_bounds_only(tmp_path: Path) -> None:
+def test_one_chunk_run_says_its_stability_is_bounds_only(tmp_path: Path,
+                                                        run_pytest_inprocess: Callable[..., Ran]) -> None:
     """`--chunks 17`: one point cannot give a trend; the report and the plot say so instead of `0 ± –`."""
-    p = run_pytest("-m", "stability", "--chunks", "17", "--backend=ort-cpu-fp32", f"--report-dir={tmp_path}",
-                   "-p", "no:xdist")
+    p = run_pytest_inprocess("-m", "stability", "--chunks", "17", "--backend=ort-cpu-fp32", f"--report-dir={tmp_path}",
+                             "-p", "no:xdist")
     assert p.returncode == 0, p.stdout[-3000:]
     md = (tmp_path / "report.md").read_text()
     row = next(x for x in md.splitlines() if x.startswith("| ort-cpu-fp32 | outputs | "))
