@@ -6,9 +6,11 @@ compare candidates against it with ``--benchmark-compare-fail=median:50%``.
   0 and added to the output: same outputs bit for bit, ~4.5x the work per chunk) fails it;
 * no saved baseline gives a clear usage error up front, not a traceback.
 
-Every run is a real ``pytest -m benchmark`` subprocess on the repository's tests with its own benchmark
-storage.  Timer: ``time.process_time`` (CPU time of the process), so that other load on a shared runner
-cannot fail the same-model comparison; the 4.5x model is far beyond the 50% threshold either way.
+Every run is ``pytest -m benchmark`` on the repository's tests with its own benchmark storage.  Timer:
+``time.process_time`` (CPU time of the process), so that other load on a shared runner cannot fail the same-model
+comparison; the 4.5x model is far beyond the 50% threshold either way.  The baseline and every run that must
+pass the gate are real subprocesses (a fresh process, timed as the baseline was; pytest-benchmark's warnings
+reach stderr); the runs that must fail, or are refused, run in this process (``run_pytest_inprocess``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import Ran
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_ONNX = REPO / "fixtures" / "tiny" / "encoder.onnx"
@@ -37,16 +42,33 @@ def add_dead_work(src: Path, dst: Path, *, layers: int = EXTRA_LAYERS, dim: int 
     return onnx_faults.save(onnx_faults.add_dead_work(onnx_faults.load(src), output, layers=layers, dim=dim), dst)
 
 
+ROUNDS = {"STREAMPARITY_BENCH_ROUNDS": "200"}
+
+
+def _bench_args(tmp: Path, storage: Path, *args: str) -> list[str]:
+    return ["suite/benchmarks/test_latency.py", "-m", "benchmark", "-p", "no:xdist", f"--rootdir={REPO}",
+            "--backend=ort-cpu-fp32", f"--report-dir={tmp / 'report'}", f"--benchmark-storage=file://{storage}",
+            "--benchmark-timer=time.process_time", *args]
+
+
 def run_bench(tmp: Path, storage: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "pytest", "suite/benchmarks/test_latency.py", "-m", "benchmark", "-p", "no:xdist",
-           f"--rootdir={REPO}", "--backend=ort-cpu-fp32", f"--report-dir={tmp / 'report'}",
-           f"--benchmark-storage=file://{storage}", "--benchmark-timer=time.process_time", *args]
-    env = {**os.environ, "STREAMPARITY_BENCH_ROUNDS": "200"}
+    cmd = [sys.executable, "-m", "pytest", *_bench_args(tmp, storage, *args)]
+    env = {**os.environ, **ROUNDS}
     env.pop("PYTEST_XDIST_WORKER", None)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env, check=False)
 
 
-def _out(p: subprocess.CompletedProcess[str]) -> str:
+@pytest.fixture
+def run_bench_here(run_pytest_inprocess: Callable[..., Ran]) -> Callable[..., Ran]:
+    """:func:`run_bench` in this process."""
+
+    def run(tmp: Path, storage: Path, *args: str) -> Ran:
+        return run_pytest_inprocess(*_bench_args(tmp, storage, *args), cwd=REPO, env=ROUNDS)
+
+    return run
+
+
+def _out(p: subprocess.CompletedProcess[str] | Ran) -> str:
     return f"exit {p.returncode}\n--- stdout ---\n{p.stdout[-4000:]}\n--- stderr ---\n{p.stderr[-3000:]}"
 
 
@@ -79,7 +101,7 @@ def test_same_model_passes_the_gate(baseline: Path, tmp_path: Path) -> None:
     assert "Performance has regressed" not in p.stdout + p.stderr
 
 
-def test_slower_model_fails_the_gate(baseline: Path, tmp_path: Path) -> None:
+def test_slower_model_fails_the_gate(baseline: Path, tmp_path: Path, run_bench_here: Callable[..., Ran]) -> None:
     import onnxruntime as ort
 
     slow = add_dead_work(TINY_ONNX, tmp_path / "slow.onnx")
@@ -95,25 +117,26 @@ def test_slower_model_fails_the_gate(baseline: Path, tmp_path: Path) -> None:
             for m in (TINY_ONNX, slow)]
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
-    p = run_bench(tmp_path, baseline, f"--onnx={slow}", "--benchmark-compare=0001", GATE)
+    p = run_bench_here(tmp_path, baseline, f"--onnx={slow}", "--benchmark-compare=0001", GATE)
     text = p.stdout + p.stderr
     assert p.returncode != 0, "a ~4.5x slower model passed the median:50% release gate\n" + _out(p)
     assert "Performance has regressed" in text and "'median' has failed" in text, _out(p)
 
 
-def test_missing_baseline_is_a_clear_usage_error(tmp_path: Path) -> None:
-    p = run_bench(tmp_path, tmp_path / "empty-storage", "--benchmark-compare=0001", GATE)
+def test_missing_baseline_is_a_clear_usage_error(tmp_path: Path, run_bench_here: Callable[..., Ran]) -> None:
+    p = run_bench_here(tmp_path, tmp_path / "empty-storage", "--benchmark-compare=0001", GATE)
     assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
     assert "no baseline to compare with" in p.stderr and "--benchmark-save=baseline" in p.stderr, _out(p)
     assert "Traceback" not in p.stdout + p.stderr, _out(p)
 
 
-def test_regression_is_one_line_and_a_recorded_failure(baseline: Path, tmp_path: Path) -> None:
+def test_regression_is_one_line_and_a_recorded_failure(baseline: Path, tmp_path: Path,
+                                                       run_bench_here: Callable[..., Ran]) -> None:
     """The failing gate is one line per benchmark (no PerformanceRegression traceback) and a failure in JUnit,
     summary.json and report.md, with the compared numbers."""
     slow = add_dead_work(TINY_ONNX, tmp_path / "slow.onnx")
     junit = tmp_path / "junit.xml"
-    p = run_bench(tmp_path, baseline, f"--onnx={slow}", "--benchmark-compare=0001", GATE, f"--junitxml={junit}")
+    p = run_bench_here(tmp_path, baseline, f"--onnx={slow}", "--benchmark-compare=0001", GATE, f"--junitxml={junit}")
     text = p.stdout + p.stderr
     assert p.returncode == 1, _out(p)
     assert "Traceback" not in text and "PerformanceRegression" not in text, _out(p)
@@ -129,23 +152,26 @@ def test_regression_is_one_line_and_a_recorded_failure(baseline: Path, tmp_path:
         "Overall: FAIL" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_a_benchmark_without_a_baseline_entry_fails_the_gate(baseline: Path, tmp_path: Path) -> None:
+def test_a_benchmark_without_a_baseline_entry_fails_the_gate(baseline: Path, tmp_path: Path,
+                                                             run_bench_here: Callable[..., Ran]) -> None:
     """Baseline saved for ort-cpu-fp32, candidate run on ort-cpu-fp16: nothing to compare with is a failure."""
-    p = run_bench(tmp_path, baseline, "--backend=ort-cpu-fp16", "--benchmark-compare=0001", GATE)
+    p = run_bench_here(tmp_path, baseline, "--backend=ort-cpu-fp16", "--benchmark-compare=0001", GATE)
     assert p.returncode == 1, _out(p)
     assert "was not compared" in p.stdout and "has no result for it" in p.stdout, _out(p)
 
 
-def test_a_gate_on_benchmarks_that_cannot_run_fails(baseline: Path, tmp_path: Path) -> None:
+def test_a_gate_on_benchmarks_that_cannot_run_fails(baseline: Path, tmp_path: Path,
+                                                    run_bench_here: Callable[..., Ran]) -> None:
     """Every selected benchmark skipped (TensorRT is not usable here): the gate compared nothing and fails."""
     cmd_args = ["--backend=trt-cuda-fp16", "--benchmark-compare=0001", GATE]
-    p = run_bench(tmp_path, baseline, *cmd_args)
+    p = run_bench_here(tmp_path, baseline, *cmd_args)
     assert p.returncode == 1, _out(p)
     assert "did not run, so it was not compared" in p.stdout, _out(p)
 
 
-def test_gate_refuses_xdist_and_a_missing_compare(baseline: Path, tmp_path: Path) -> None:
-    p = run_bench(tmp_path, baseline, GATE)
+def test_gate_refuses_xdist_and_a_missing_compare(baseline: Path, tmp_path: Path,
+                                                  run_bench_here: Callable[..., Ran]) -> None:
+    p = run_bench_here(tmp_path, baseline, GATE)
     assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
     assert "--benchmark-compare-fail needs --benchmark-compare" in p.stderr and "Traceback" not in p.stderr, _out(p)
     cmd = [sys.executable, "-m", "pytest", "suite/benchmarks/test_latency.py", "-m", "benchmark", "-n", "2",
@@ -172,7 +198,8 @@ def test_baseline_from_another_environment_compares_with_one_line(baseline: Path
     assert note and "node" in note[0] and len(note[0]) < 400, _out(p)
 
 
-def test_a_baseline_missing_its_stats_is_a_usage_error(baseline: Path, tmp_path: Path) -> None:
+def test_a_baseline_missing_its_stats_is_a_usage_error(baseline: Path, tmp_path: Path,
+                                                       run_bench_here: Callable[..., Ran]) -> None:
     """A saved run whose stats lack a figure (edited, or written by something else) is refused up front: it
     would end pytest-benchmark's own comparison table in a traceback, after a gate line that said PASS."""
     import json
@@ -184,6 +211,6 @@ def test_a_baseline_missing_its_stats_is_a_usage_error(baseline: Path, tmp_path:
     doc = json.loads(saved.read_text())
     del doc["benchmarks"][0]["stats"]["median"]
     saved.write_text(json.dumps(doc))
-    p = run_bench(tmp_path, storage, "--benchmark-compare", "--benchmark-compare-fail=median:50%")
+    p = run_bench_here(tmp_path, storage, "--benchmark-compare", "--benchmark-compare-fail=median:50%")
     out = _out(p)
     assert p.returncode == 4 and "has no numeric stats.median" in out and "Traceback" not in out, out
