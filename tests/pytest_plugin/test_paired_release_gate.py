@@ -8,19 +8,21 @@
 
 Each run takes the default 30 pairs of 20-step blocks (~2 s of timing), 60 or 90 while inconclusive.
 Both models are timed in the same process, alternating, so a loaded runner slows both alike (measured
-figures: the README's paired-gate section).
+figures: the README's paired-gate section).  The run that must pass is a fresh subprocess; the others run in
+this process (``run_pytest_inprocess``).
 """
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_CONTRACT, TINY_ONNX, run_pytest
+from tests.conftest import TINY_CONTRACT, TINY_ONNX, Ran, run_pytest
 
 GATE = ("suite/benchmarks/test_paired_latency.py", "-m", "benchmark", "-p", "no:xdist", "-p", "no:randomly",
         "--backend=ort-cpu-fp32", "--gate-latency-ratio=1.10")
@@ -57,7 +59,8 @@ def test_same_model_passes_the_paired_gate(tmp_path: Path) -> None:
     assert props.get("latency_paired.verdict") == "pass" and "latency_paired.ratio" in props, props
 
 
-def test_slower_model_fails_the_paired_gate(tmp_path: Path, slow_onnx: Path) -> None:
+def test_slower_model_fails_the_paired_gate(tmp_path: Path, slow_onnx: Path,
+                                            run_pytest_inprocess: Callable[..., Ran]) -> None:
     import onnxruntime as ort
 
     from streamparity.contract.loading import load_contract
@@ -70,21 +73,21 @@ def test_slower_model_fails_the_paired_gate(tmp_path: Path, slow_onnx: Path) -> 
             for m in (TINY_ONNX, slow_onnx)]
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)  # the extra work is genuine but dead
-    p = run_pytest(*GATE, f"--onnx={slow_onnx}", f"--baseline-onnx={TINY_ONNX}", f"--report-dir={tmp_path}")
+    p = run_pytest_inprocess(*GATE, f"--onnx={slow_onnx}", f"--baseline-onnx={TINY_ONNX}", f"--report-dir={tmp_path}")
     assert p.returncode == 1, _out(p)
     assert "FAIL: CI lower bound" in p.stdout and "slower than allowed" in p.stdout, _out(p)
     rec = _paired(tmp_path)
     assert rec["verdict"] == "fail" and rec["outcome"] == "failed" and rec["ratio_lo"] > 1.10, rec  # type: ignore[operator]
 
 
-def test_no_baseline_skips_with_the_reason(tmp_path: Path) -> None:
-    p = run_pytest(*GATE, f"--report-dir={tmp_path}", "-rs")
+def test_no_baseline_skips_with_the_reason(tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
+    p = run_pytest_inprocess(*GATE, f"--report-dir={tmp_path}", "-rs")
     assert p.returncode == 0 and "1 skipped" in p.stdout, _out(p)
     assert "no --baseline-onnx=PREVIOUS.onnx given" in p.stdout, _out(p)
 
 
-def test_missing_baseline_file_is_one_clear_line(tmp_path: Path) -> None:
-    p = run_pytest(*GATE, f"--baseline-onnx={tmp_path / 'nope.onnx'}", f"--report-dir={tmp_path}")
+def test_missing_baseline_file_is_one_clear_line(tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
+    p = run_pytest_inprocess(*GATE, f"--baseline-onnx={tmp_path / 'nope.onnx'}", f"--report-dir={tmp_path}")
     assert p.returncode == 1, _out(p)
     assert f"--baseline-onnx={tmp_path / 'nope.onnx'}: file not found" in p.stdout, _out(p)
     assert "Traceback" not in p.stdout + p.stderr, _out(p)
