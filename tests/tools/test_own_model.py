@@ -25,7 +25,7 @@ from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL
 from streamparity.session import ParitySession, SessionConfig
 from streamparity.tools import onnx_faults as F
 from streamparity.tools.offline_companion import offline_left_pad
-from tests.conftest import ROOT, run_pytest
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow,  # NeMo runs on the CPU: deselect with -m "not slow" while developing
               pytest.mark.skipif(importlib.util.find_spec("nemo") is None,
@@ -72,7 +72,7 @@ def own_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
-def test_config_to_green_parity_run(own_models, name, tmp_path):
+def test_config_to_green_parity_run(own_models, name, tmp_path, run_pytest_inprocess):
     contract = own_models[name]
     c = load_contract(contract)
     assert not uncalibrated(c)
@@ -80,8 +80,9 @@ def test_config_to_green_parity_run(own_models, name, tmp_path):
         for prec, t in per.items():
             assert "calibrated" in t.reason and "worst" in t.reason, (out, prec)
             assert t.atol >= (64 * 2.0**-23 if prec == "fp32" else 2 * 2.0**-10), (out, prec, t.atol)
-    r = run_pytest("-q", "-p", "no:randomly", "-m", "parity", "--contract", str(contract), "--backend=ort-cpu-fp32",
-                   "--backend=ort-cpu-fp16", "--report-dir", str(tmp_path / "reports"))
+    r = run_pytest_inprocess("-q", "-p", "no:randomly", "-m", "parity", "--contract", str(contract),
+                             "--backend=ort-cpu-fp32", "--backend=ort-cpu-fp16",
+                             "--report-dir", str(tmp_path / "reports"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " failed" not in r.stdout.splitlines()[-1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_ONNX, run_cli, run_pytest
+from tests.conftest import TINY_ONNX, run_cli_inprocess, run_pytest
 
 STUCK = ("cache_last_channel_next_len", "cache_last_channel_len")
 
@@ -59,7 +59,7 @@ def test_stuck_cache_bundle_reproduces_both_violations(stuck_bundles: Path) -> N
     bundle = stuck_bundles / "ort-cpu-fp32-closed_loop-chunk001.npz"
     meta = json.loads(bytes(np.load(bundle)["meta"]).decode())
     assert len(meta["violations"]) == 2 and meta.get("stream_position", 1) == 1
-    r = run_cli("repro", str(bundle))
+    r = run_cli_inprocess("repro", str(bundle))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "recorded contract violations: 2; now: 2" in r.stdout, r.stdout
     assert "reproduced" in r.stdout and "DIFFERENT" not in r.stdout
@@ -67,20 +67,20 @@ def test_stuck_cache_bundle_reproduces_both_violations(stuck_bundles: Path) -> N
 
 
 def test_functional_stuck_bundle_reproduces(stuck_bundles: Path) -> None:
-    r = run_cli("repro", str(stuck_bundles / "ort-cpu-fp32-functional-chunk001.npz"))
+    r = run_cli_inprocess("repro", str(stuck_bundles / "ort-cpu-fp32-functional-chunk001.npz"))
     assert r.returncode == 1 and "reproduced" in r.stdout and "DIFFERENT" not in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("mode", ["functional", "closed_loop"])
 def test_bundle_without_expected_outputs_is_an_error(stuck_bundles: Path, tmp_path: Path, mode: str) -> None:
     bundle = _rewrite(stuck_bundles / f"ort-cpu-fp32-{mode}-chunk001.npz", tmp_path / "b.npz", drop="expected/")
-    _one_error_line(run_cli("repro", str(bundle)), str(bundle), "expected outputs", "field 'expected'")
+    _one_error_line(run_cli_inprocess("repro", str(bundle)), str(bundle), "expected outputs", "field 'expected'")
 
 
 def test_old_closed_loop_bundle_without_stream_position_is_an_error(stuck_bundles: Path, tmp_path: Path) -> None:
     bundle = _rewrite(stuck_bundles / "ort-cpu-fp32-closed_loop-chunk001.npz", tmp_path / "b.npz",
                       meta_drop="stream_position")
-    _one_error_line(run_cli("repro", str(bundle)), str(bundle), "field 'meta.stream_position'")
+    _one_error_line(run_cli_inprocess("repro", str(bundle)), str(bundle), "field 'meta.stream_position'")
 
 
 @pytest.mark.parametrize(("key", "value"), [("verdicts", None), ("violations", "x"), ("chunk", True),
@@ -89,4 +89,4 @@ def test_bundle_metadata_of_the_wrong_type_is_an_error(stuck_bundles: Path, tmp_
                                                        value: object) -> None:
     bundle = _rewrite(stuck_bundles / "ort-cpu-fp32-closed_loop-chunk001.npz", tmp_path / "b.npz",
                       meta_edit={key: value})
-    _one_error_line(run_cli("repro", str(bundle)), str(bundle), f"field 'meta.{key}'")
+    _one_error_line(run_cli_inprocess("repro", str(bundle)), str(bundle), f"field 'meta.{key}'")
