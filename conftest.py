@@ -6,8 +6,10 @@ pytest picks its rootdir from the command line.
 
 Two trees: ``suite/`` holds the product's parity tests and benchmarks (what ``pytest -m parity`` runs);
 ``tests/`` holds the project's own tests, which carry none of the product's markers.  When the ``-m``
-expression can only select product-marked tests, ``tests/`` is not even imported.  Fixtures shared by the
-project's own tests are in ``tests/conftest.py``.
+expression can only select product-marked tests, no test module of ``tests/`` is imported; its
+``conftest.py`` still is (pytest loads the conftest files of its testpaths first), so it imports only the
+standard library, pytest and the plugin's options at module level.  Fixtures shared by the project's own tests
+are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations

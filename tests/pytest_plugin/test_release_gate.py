@@ -191,7 +191,9 @@ def test_baseline_from_another_environment_compares_with_one_line(baseline: Path
     doc = json.loads(saved.read_text())
     doc["machine_info"]["node"] = "another-runner"
     dst.write_text(json.dumps(doc))
-    p = run_bench(tmp_path, other, "--benchmark-compare=0001", GATE)
+    # the point is the note and the comparison running, not the timing: a wide gate keeps a loaded machine's
+    # noise (seen: +92% on a 2-core box running another suite) from failing it
+    p = run_bench(tmp_path, other, "--benchmark-compare=0001", "--benchmark-compare-fail=median:1000%")
     text = p.stdout + p.stderr
     assert p.returncode == 0 and "INTERNALERROR" not in text, _out(p)
     note = [ln for ln in text.splitlines() if "saved on another machine" in ln]
