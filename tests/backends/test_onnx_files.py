@@ -91,3 +91,21 @@ def test_fp16_conversion_failure_names_the_model(tmp_path: Path, monkeypatch: py
                                             r"serialize proto\)") as e:
         onnx_files.fp16_variant(TINY_ONNX, tmp_path)
     assert str(TINY_ONNX) in str(e.value) and not list(tmp_path.iterdir())
+
+
+def test_a_file_rewritten_in_place_with_its_old_size_and_mtime_gets_a_new_digest(tmp_path: Path) -> None:
+    """The digest memo must not serve the old digest of a model rewritten in place (same size, mtime put back)."""
+    import os
+    import time
+
+    from streamparity.backends.onnx_models import file_sha256
+
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"a" * 64)
+    st = f.stat()
+    first = file_sha256(f)
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick: within one tick stat() cannot tell them apart
+    f.write_bytes(b"b" * 64)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+    assert file_sha256(f) != first

@@ -23,15 +23,16 @@ from streamparity.onnx_wire import WireError, external_extents
 EXTERNAL_DATA_ABOVE = 1 << 30
 """FP16 copies larger than this (bytes of tensor data) are written with their tensors in a separate file."""
 
-_memo: dict[tuple[str, int, int], str] = {}
+_memo: dict[tuple[str, int, int, int, int], str] = {}
 _memo_lock = threading.Lock()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Streamed sha256 hex of one file, memoised by (path, size, mtime)."""
+    """Streamed sha256 hex of one file, memoised by (path, size, mtime, inode, ctime): a file rewritten in place
+    with the same size within the clock's resolution, or given its old mtime back, still changes its ctime."""
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     with _memo_lock:
         hit = _memo.get(key)
     if hit is not None:
