@@ -32,6 +32,17 @@ def _extra_input_onnx(tmp_path: Path) -> Path:
     return p
 
 
+def _extra_output_onnx(tmp_path: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(TINY_ONNX))
+    m.graph.output.append(helper.make_tensor_value_info("encoded_lengths_copy", TensorProto.INT64, [None]))
+    m.graph.node.append(helper.make_node("Identity", ["encoded_lengths"], ["encoded_lengths_copy"]))
+    p = tmp_path / "extra_output.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
 def _fixed_frames_onnx(tmp_path: Path) -> Path:
     m = onnx.load(str(TINY_ONNX))
     audio = next(i for i in m.graph.input if i.name == "audio_signal")
@@ -41,13 +52,16 @@ def _fixed_frames_onnx(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("case", ["extra-input", "fixed-frames", "empty-report-dir", "chunks-outside",
+@pytest.mark.parametrize("case", ["extra-input", "extra-output", "fixed-frames", "empty-report-dir", "chunks-outside",
                                   "drift-rate"])
 def test_bad_run_inputs_are_one_usage_error(tmp_path: Path, case: str,
                                             run_pytest_inprocess: Callable[..., Ran]) -> None:
     env_rate = None
     if case == "extra-input":
         args, needle = [f"--onnx={_extra_input_onnx(tmp_path)}"], "model has input(s) 'extra_in' that the contract"
+    elif case == "extra-output":  # computed, never judged; a device loop would have no buffer for it
+        args, needle = [f"--onnx={_extra_output_onnx(tmp_path)}"], \
+            "model has output(s) 'encoded_lengths_copy' that the contract does not name"
     elif case == "fixed-frames":
         args, needle = [f"--onnx={_fixed_frames_onnx(tmp_path)}"], "30 frames fixed in the model"
     elif case == "empty-report-dir":

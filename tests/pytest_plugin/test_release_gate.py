@@ -130,6 +130,20 @@ def test_missing_baseline_is_a_clear_usage_error(tmp_path: Path, run_bench_here:
     assert "Traceback" not in p.stdout + p.stderr, _out(p)
 
 
+def test_a_truncated_baseline_is_named_not_called_missing(baseline: Path, tmp_path: Path,
+                                                           run_bench_here: Callable[..., Ran]) -> None:
+    import shutil
+
+    storage = tmp_path / "truncated"
+    shutil.copytree(baseline, storage)
+    saved = next(storage.rglob("0001_baseline.json"))
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    p = run_bench_here(tmp_path, storage, "--benchmark-compare=0001", GATE)
+    assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
+    assert "is in the benchmark storage but cannot be read" in p.stderr and "0001_baseline.json" in p.stderr, _out(p)
+    assert "JSONDecodeError" in p.stderr and "Traceback" not in p.stdout + p.stderr, _out(p)
+
+
 def test_regression_is_one_line_and_a_recorded_failure(baseline: Path, tmp_path: Path,
                                                        run_bench_here: Callable[..., Ran]) -> None:
     """The failing gate is one line per benchmark (no PerformanceRegression traceback) and a failure in JUnit,

@@ -68,7 +68,8 @@ class OrtBackend(Backend):
             raise BackendUnavailable("ONNX Runtime could not start its CUDAExecutionProvider (CUDA or cuDNN libraries "
                                      "missing or mismatched) and fell back to "
                                      f"{', '.join(self.session.get_providers())}; nothing would run on the GPU")
-        check_model_io(contract, onnx_path, self.session.get_inputs(), self.session.get_outputs())
+        # extra outputs are the session's up-front check's to refuse: bisect runs models with intermediates exposed
+        check_model_io(contract, onnx_path, self.session.get_inputs(), self.session.get_outputs(), extra_outputs=True)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._pool: BufferPool[Any] | None = None
 

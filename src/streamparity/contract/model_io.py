@@ -47,12 +47,14 @@ def _fmt(shape: list[Any]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outputs: list[Any]) -> None:
+def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outputs: list[Any], *,
+                   extra_outputs: bool = False) -> None:
     """The ONNX's I/O names, dtypes, ranks, cache layout and every fixed and symbolic dim against the contract.
 
     A dim fixed in both must be equal; a dim the model fixes where the contract has a symbol must be
     that symbol's whole ``dims`` range; a dim the model leaves symbolic is accepted (the model is more general).
-    """
+    An output the contract does not name is refused unless `extra_outputs` (a tool's model with intermediate
+    tensors exposed, run on the host)."""
     file = str(onnx_path)
     got_in = {i.name: i for i in inputs}
     got_out = {o.name: o for o in outputs}
@@ -95,6 +97,15 @@ def check_model_io(contract: Contract, onnx_path: Path, inputs: list[Any], outpu
                         raise ModelMismatch(f"{spec.name} dim {axis} is fixed to {m} in the model {_fmt(shape)}, the "
                                             f"contract's {c} ranges {lo}..{hi}", file=file,
                                             field=f"{section}.{spec.name}")
+    # after the contract's own outputs, so that a renamed output is reported as the missing one
+    known_out = {spec.name for spec in contract.outputs}
+    extra_out = [n for n in got_out if n not in known_out]
+    if extra_out and not extra_outputs:  # computed on every chunk and never judged; no device buffer for it
+        names = ", ".join(map(repr, extra_out[:5])) + (f" and {len(extra_out) - 5} more" if len(extra_out) > 5 else "")
+        raise ModelMismatch(f"model has output(s) {names} that the contract does not name "
+                            f"(contract outputs: {', '.join(sorted(known_out))}); name each in the contract's "
+                            'outputs (with "compare": false where it need not be judged)', file=file,
+                            field=f"outputs.{extra_out[0]}")
 
 
 def read_onnx_io(path: Path) -> tuple[list[ValueInfo], list[ValueInfo]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,6 +81,28 @@ class ReleaseGate:
         return True, "", record
 
 
+def _unreadable_saved_runs(bs: Any) -> list[str]:
+    """Saved runs the comparison would have used that pytest-benchmark skipped (it only logs a warning): each as
+    'path: why'."""
+    storage = getattr(bs, "storage", None)
+    query = getattr(storage, "query", None)
+    if query is None:
+        return []
+    try:
+        files = list(query(bs.compare if isinstance(bs.compare, str) else "[0-9][0-9][0-9][0-9]_"))
+    except Exception:  # a storage backend of another kind: keep pytest-benchmark's own message
+        return []
+    bad = []
+    for f in files:
+        try:
+            doc = json.loads(Path(f).read_text(encoding="utf8"))
+            if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+                raise ValueError("no 'benchmarks' list")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            bad.append(f"{f}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return bad
+
+
 def start(session: pytest.Session) -> None:
     """At session start: refuse a gate that cannot judge anything, then take the comparison over from
     pytest-benchmark (which would end the run in a traceback)."""
@@ -96,6 +119,11 @@ def start(session: pytest.Session) -> None:
                                 "disables itself there, so nothing would be compared); add -p no:xdist")
     if not getattr(bs, "compared_mapping", None):
         which = "the latest saved run" if bs.compare is True else f"a saved run matching {bs.compare!r}"
+        unreadable = _unreadable_saved_runs(bs)
+        if unreadable:
+            raise pytest.UsageError(
+                f"streamparity release gate: {which} is in the benchmark storage but cannot be read: "
+                f"{unreadable[0]} (truncated or edited?); save the baseline again")
         raise pytest.UsageError(
             f"streamparity release gate: no baseline to compare with: {which} was not found in the benchmark "
             f"storage {bs.storage}.\n  Save a baseline first (same machine, same benchmark selection), e.g.\n"
