@@ -229,3 +229,21 @@ def test_an_index_whose_meta_was_forged_is_rebuilt_from_the_file(tmp_path: Path)
     doc["digest"] = sidecar._digest(doc["header"], doc["entries"])
     idx.write_text(json.dumps(doc))
     assert ReferenceFile(ref).meta(3)["has_caches"] is True
+
+
+def test_a_chunk_without_caches_among_chunks_with_them_is_named(tmp_path: Path,
+                                                                 run_pytest_inprocess: Callable[..., Ran]) -> None:
+    """Functional mode needs stored caches; a chunk in the middle that stores none is left out, and the header
+    says so instead of the chunk silently vanishing from functional mode."""
+    from tests.test_bad_inputs import BAD_CHUNK
+
+    def no_caches(obj: dict) -> None:  # type: ignore[type-arg]
+        obj["meta"]["has_caches"] = False
+
+    ref = make_reference(tmp_path / "gap.jsonl", no_caches)
+    r = run_pytest_inprocess("-m", "parity", "--co", "-p", "no:xdist", f"--reference={ref}",
+                             "--backend=ort-cpu-fp32", f"--report-dir={tmp_path / 'rep'}")
+    out = r.stdout + r.stderr
+    assert f"chunk(s) {BAD_CHUNK} store no caches (has_caches: false) between chunks that do" in out, out
+    assert f"test_functional[ort-cpu-fp32-chunk{BAD_CHUNK:03d}]" not in out, out
+    assert f"test_closed_loop[ort-cpu-fp32-chunk{BAD_CHUNK:03d}]" in out, out

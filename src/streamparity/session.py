@@ -120,6 +120,15 @@ class ParitySession:
         ids = [k for k in self.reference.chunk_ids if self.reference.meta(k).get("has_caches", True)]
         return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids
 
+    def functional_gaps(self) -> list[int]:
+        """Chunks between the first and the last with stored caches that store none (``has_caches: false``):
+        functional mode leaves them out, which a header line says."""
+        have = [k for k in self.reference.chunk_ids if self.reference.meta(k).get("has_caches", True)]
+        if not have:
+            return []
+        stored = set(have)
+        return [k for k in self.reference.chunk_ids if have[0] < k < have[-1] and k not in stored]
+
     def closed_loop_chunks(self) -> list[int]:
         ids = self.reference.chunk_ids
         return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids

@@ -142,6 +142,11 @@ class PluginSession:
             lines.append(f"reference: {s.reference.path} ({len(ids)} chunks, {ids[0]}..{ids[-1]}; functional: "
                          f"{len(s.selected(FUNCTIONAL))} selected, closed loop: "
                          f"{len(s.closed_loop_chunks())} selected)")
+            gaps = s.functional_gaps()
+            if gaps:
+                shown = ", ".join(map(str, gaps[:10])) + (f" and {len(gaps) - 10} more" if len(gaps) > 10 else "")
+                lines.append(f"reference: chunk(s) {shown} store no caches (has_caches: false) between chunks that "
+                             "do: functional mode leaves them out; the closed loop judges them")
         return lines
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
