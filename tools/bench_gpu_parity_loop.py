@@ -91,8 +91,8 @@ class _TimedReference:
     def __len__(self) -> int:
         return len(self.ref)
 
-    def __iter__(self) -> Any:
-        it = iter(self.ref)
+    def iter_chunks(self, ids: list[int]) -> Any:
+        it = self.ref.iter_chunks(ids)
         while True:
             t = time.perf_counter()
             try:

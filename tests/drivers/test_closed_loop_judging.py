@@ -44,9 +44,15 @@ def _same(a: RunResult, b: RunResult) -> None:
                 np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["inline_reads", "read_ahead"])
 @pytest.mark.parametrize("device", [False, True], ids=["host", "device_loop"])
 @pytest.mark.parametrize("workers", [1, 3])
-def test_threaded_judging_gives_the_same_results_and_bundles(device: bool, workers: int) -> None:
+def test_threaded_judging_gives_the_same_results_and_bundles(device: bool, workers: int, read_ahead: bool,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamparity.reference import reader
+
+    if read_ahead:  # every line counts as large: read ahead in threads, into per-thread buffers
+        monkeypatch.setattr(reader, "_REUSE_BYTES", 1)
     contract = load_contract(TINY_CONTRACT)
     ref = ReferenceFile(TINY_REFERENCE)
     ort = OrtBackend(contract, TINY_ONNX)
@@ -55,6 +61,7 @@ def test_threaded_judging_gives_the_same_results_and_bundles(device: bool, worke
         inner = DriftBackend(ort, 2e-3)  # fails chunks with stored caches and chunks without
         return CountedDeviceBackend(inner) if device else inner
 
+    assert ref.read_ahead is read_ahead
     inline = run_closed_loop(backend(), contract, ref, upto=70, judge_workers=0)
     threaded = run_closed_loop(backend(), contract, ref, upto=70, judge_workers=workers)
     failed = [c.chunk for c in inline.chunks if c.verdict == "fail"]
@@ -64,21 +71,62 @@ def test_threaded_judging_gives_the_same_results_and_bundles(device: bool, worke
     _same(inline, threaded)
 
 
-def test_a_judging_error_is_raised_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failing", [(5,), (46, 48)], ids=["one", "threaded-then-inline"])
+def test_a_judging_error_is_raised_not_lost_and_in_chunk_order(monkeypatch: pytest.MonkeyPatch,
+                                                               failing: tuple[int, ...]) -> None:
+    """As judging inline: the first failing chunk's error, raised before the loop goes far past it (46 is judged
+    in a thread, 48 is the first chunk without stored caches, judged inline)."""
     from streamparity.drivers import closed_loop
 
     contract = load_contract(TINY_CONTRACT)
     ref = ReferenceFile(TINY_REFERENCE)
     real = closed_loop.judge_chunk
+    steps: list[int] = []
 
     def broken(*a: Any, **kw: Any) -> ChunkResult:
-        if a[1].chunk == 5:
-            raise RuntimeError("judging chunk 5 broke")
+        if a[1].chunk in failing:
+            raise RuntimeError(f"judging chunk {a[1].chunk} broke")
         return real(*a, **kw)
 
     monkeypatch.setattr(closed_loop, "judge_chunk", broken)
-    with pytest.raises(RuntimeError, match="chunk 5"):
-        run_closed_loop(OrtBackend(contract, TINY_ONNX), contract, ref, upto=20, judge_workers=2)
+    for workers in (0, 2):
+        steps.clear()
+        with pytest.raises(RuntimeError, match=f"judging chunk {failing[0]} broke"):
+            run_closed_loop(OrtBackend(contract, TINY_ONNX), contract, ref, upto=80, judge_workers=workers,
+                            on_step=lambda k, ms: steps.append(k))
+        assert max(steps) <= max(failing[0] + 2 * workers + 1, 48), (workers, max(steps))
+
+
+def test_a_broken_stream_gives_its_kept_state_back() -> None:
+    from streamparity.backends.device_loop import DeviceLoopStream
+
+    contract = load_contract(TINY_CONTRACT)
+    ref = ReferenceFile(TINY_REFERENCE)
+    ort = OrtBackend(contract, TINY_ONNX)
+    calls = [0]
+    real_run = ort.run
+
+    def run(feeds: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 11:
+            raise RuntimeError("runtime died")
+        return real_run(feeds)
+
+    ort.run = run  # type: ignore[method-assign]
+    backend = CountedDeviceBackend(ort)
+    opened: list[DeviceLoopStream[Any]] = []
+    real_open = backend.open_stream
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        s = real_open(*a, **kw)
+        opened.append(s)
+        return s
+
+    backend.open_stream = spy  # type: ignore[method-assign]
+    res = run_closed_loop(backend, contract, ref, upto=20, judge_workers=2)
+    assert res.chunks[10].error and "runtime died" in res.chunks[10].error
+    stream = opened[0]
+    assert stream._kept_slots and sorted(stream._kept_free) == list(range(stream._kept_slots))
 
 
 def test_cpu_backends_judge_inline() -> None:

@@ -171,3 +171,15 @@ def test_failures_past_the_first_few_are_one_line_and_write_no_bundle(stuck_len_
                    "--chunks", "0-7", "--max-chunk-failures=3", "--all-bundles", f"--report-dir={tmp_path / 'all'}",
                    "-p", "no:xdist", "-q")
     assert len(list((tmp_path / "all" / "bundles").glob("*.npz"))) == 8
+
+
+def test_a_run_with_tests_of_its_own_is_not_frozen(tmp_path, run_pytest_inprocess) -> None:
+    """gc.freeze only in a run of parity tests alone: another test's garbage collection must behave as always."""
+    t = tmp_path / "test_gc_user.py"
+    t.write_text("import gc, weakref\n\n\nclass Node:\n    pass\n\n\n"
+                 "def test_a_dropped_cycle_is_collected():\n"
+                 "    a, b = Node(), Node()\n    a.b, b.a = b, a\n    r = weakref.ref(a)\n    del a, b\n"
+                 "    gc.collect()\n    assert r() is None and gc.get_freeze_count() == 0\n")
+    r = run_pytest_inprocess(str(t), "-q", "-p", "no:randomly", "-p", "no:cacheprovider", f"--rootdir={tmp_path}",
+                             cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -144,6 +144,22 @@ def test_a_truncated_baseline_is_named_not_called_missing(baseline: Path, tmp_pa
     assert "JSONDecodeError" in p.stderr and "Traceback" not in p.stdout + p.stderr, _out(p)
 
 
+def test_a_truncated_latest_baseline_is_not_replaced_by_an_older_one(baseline: Path, tmp_path: Path,
+                                                                     run_bench_here: Callable[..., Ran]) -> None:
+    """pytest-benchmark skips a saved run it cannot parse and would compare with the one before it in silence."""
+    import shutil
+
+    storage = tmp_path / "two"
+    shutil.copytree(baseline, storage)
+    saved = next(storage.rglob("0001_baseline.json"))
+    newer = saved.with_name("0002_newer.json")
+    newer.write_bytes(saved.read_bytes()[:100])
+    p = run_bench_here(tmp_path, storage, "--benchmark-compare", GATE)
+    assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
+    assert "the latest saved run is in the benchmark storage but cannot be read" in p.stderr, _out(p)
+    assert "0002_newer.json" in p.stderr, _out(p)
+
+
 def test_regression_is_one_line_and_a_recorded_failure(baseline: Path, tmp_path: Path,
                                                        run_bench_here: Callable[..., Ran]) -> None:
     """The failing gate is one line per benchmark (no PerformanceRegression traceback) and a failure in JUnit,

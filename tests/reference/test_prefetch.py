@@ -87,19 +87,21 @@ def test_an_error_is_raised_at_its_chunk_and_not_before(tmp_path: Path) -> None:
 
 
 def test_leaving_early_stops_the_reads() -> None:
+    """Reads queued behind a running one never start once the caller leaves; the running one is waited for."""
     started: list[int] = []
     gate = threading.Event()
 
     def read(k: int) -> int:
         started.append(k)
-        gate.wait(5)
+        if k:
+            gate.wait(10)  # read 1 runs while the caller leaves; reads 2 and 3 wait in the queue
         return k
 
-    it = prefetched(read, list(range(100)), depth=3, workers=1)
-    gate.set()
+    it = prefetched(read, list(range(100)), depth=4, workers=1)
     assert next(it) == 0
-    it.close()
-    assert len(started) <= 5
+    threading.Timer(0.3, gate.set).start()
+    it.close()  # cancels the queued reads, then waits for read 1 (released by the timer)
+    assert started == [0, 1]
 
 
 def test_reads_from_several_threads_at_once_agree(tmp_path: Path) -> None:
@@ -121,3 +123,20 @@ def test_reads_from_several_threads_at_once_agree(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_reading_ahead_stops_at_the_last_chunk_asked_for(tmp_path: Path) -> None:
+    """A closed loop up to chunk 2 (repro, --chunks) reads no full-size line past it."""
+    path = tmp_path / "big.jsonl"
+    _write(path, 9)
+    ref = ReferenceFile(path)
+    asked: list[int] = []
+    real = ref.read
+
+    def spy(k: int):  # type: ignore[no-untyped-def]
+        asked.append(k)
+        return real(k)
+
+    ref.read = spy  # type: ignore[method-assign]
+    assert [r.chunk for r in ref.iter_chunks([0, 1, 2])] == [0, 1, 2]
+    assert sorted(asked) == [0, 1, 2]

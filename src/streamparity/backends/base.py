@@ -78,8 +78,8 @@ class Stream(abc.ABC):
 
     @property
     def bytes_moved(self) -> tuple[int, int]:
-        """(host->device, device->host) bytes of the last step, a state snapshot taken before it included;
-        host backends report 0."""
+        """(host->device, device->host) bytes of the last step, with the state copies to the host made since the
+        step before (a snapshot before it, a kept state brought back for a bundle); host backends report 0."""
         return (0, 0)
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -156,7 +156,7 @@ class DeviceLoopStream(Stream, Generic[B]):
         self.order: list[str] = []  # the last step's outputs, in the runner's order
         self.phase: dict[str, int] = {}
         self._moved = (0, 0)
-        self._snapshot_down = 0  # bytes state_snapshot() copied back before the next step: counted with it
+        self._snapshot_down = 0  # state_snapshot()/kept_state() copies since the last step: counted with the next
         self._kept_free: list[int] = []  # slots of device buffers keep_state() may reuse
         self._kept_slots = 0
         pool.owner = self

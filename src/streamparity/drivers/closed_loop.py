@@ -49,10 +49,14 @@ JUDGE_LAG_PER_WORKER = 2
 
 def default_judge_workers(backend: Backend) -> int:
     """Threads that judge the chunks with stored caches while the loop goes on: none on a CPU backend (the
-    runtime has the cores) or a machine of few cores; up to 4 beside a GPU backend."""
+    runtime has the cores) or where this process may use few cores; up to 4 beside a GPU backend."""
     if backend.device == "cpu":
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 2))
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (xdist, CPU quotas)
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 2))
 
 
 class _Deferred:
@@ -91,14 +95,15 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     `judge_workers` threads (default :func:`default_judge_workers`) judge the chunks with stored caches, the
     expensive ones (two full-size caches compared), while the loop runs the next chunks; such a chunk's state
     is kept before it runs (:meth:`Stream.keep_state`: a device copy on device-resident streams), for its
-    bundle.  The results are the same, in the same order."""
+    bundle.  The results are the same, in the same order; everything judged in threads is collected before the
+    next chunk judged inline, so a judging error is raised before any later chunk's."""
     t0 = time.perf_counter()
     ids = ref.chunk_ids
     if upto is not None:
         ids = [k for k in ids if k <= upto]
     audio_name = contract.input_by_role(ROLE_AUDIO).name
     length_name = contract.input_by_role(ROLE_LENGTH).name
-    first, last = ref.read(ids[0]), ids[-1]
+    first = ref.read(ids[0])
     big = tuple(o.name for o in contract.outputs if o.role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME))
     workers = default_judge_workers(backend) if judge_workers is None else max(0, judge_workers)
     judges = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="streamparity-judge") if workers else None
@@ -106,12 +111,15 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
     # bundles need the state a chunk ran on: streams that keep it copy it only when a chunk fails
     snapshot_each = keep_bundles and not stream.keeps_previous_state
+    # a chunk is judged in a thread only where its state can be kept for a bundle (else: inline)
+    can_keep = type(stream).keep_state is not Stream.keep_state or \
+        type(stream).state_snapshot is not Stream.state_snapshot
     results: list[ChunkResult] = []
     broken: str | None = None
     try:
-        for pos, rec in enumerate(ref):
-            if rec.chunk > last:  # chunks are consecutive (the index enforces it)
-                break
+        for pos, rec in enumerate(ref.iter_chunks(ids)):
+            while deferred and deferred[0].future.done():  # collect what is judged, in order
+                deferred.popleft().settle(results, stream)
             if broken:
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision,
@@ -119,7 +127,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 continue
             # the big caches come back only where the reference stores some to compare with
             fetch = fetch_all_caches or any(n in rec.outputs for n in big)
-            later = judges is not None and any(n in rec.outputs for n in big)
+            later = judges is not None and any(n in rec.outputs for n in big) and (snapshot_each or can_keep)
             snapshot = stream.state_snapshot() if snapshot_each else {}
             # a chunk judged later keeps the state it runs on (a device copy where the stream is device-resident)
             kept = stream.keep_state() if later and keep_bundles and not snapshot_each else None
@@ -127,6 +135,8 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             try:
                 out = stream.step(rec.inputs[audio_name], rec.inputs[length_name], fetch_caches=fetch)
             except Exception as e:
+                if kept is not None:
+                    stream.release_state(kept)
                 broken = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision,
@@ -150,6 +160,8 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 while len(deferred) > JUDGE_LAG_PER_WORKER * workers:
                     deferred.popleft().settle(results, stream)
                 continue
+            while deferred:  # chunks judged in threads come first: their errors, their place
+                deferred.popleft().settle(results, stream)
             r = judge()
             r.step_ms = ms
             if keep_bundles and r.verdict == "fail":

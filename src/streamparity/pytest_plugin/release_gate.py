@@ -82,22 +82,30 @@ class ReleaseGate:
 
 
 def _unreadable_saved_runs(bs: Any) -> list[str]:
-    """Saved runs the comparison would have used that pytest-benchmark skipped (it only logs a warning): each as
-    'path: why'."""
+    """The saved runs the comparison should use that pytest-benchmark skips (it only logs a warning), each as
+    'path: why': for ``--benchmark-compare`` alone the newest saved run (else an older one is compared in
+    silence), for ``--benchmark-compare=ID`` every run that matches."""
     storage = getattr(bs, "storage", None)
     query = getattr(storage, "query", None)
     if query is None:
         return []
     try:
-        files = list(query(bs.compare if isinstance(bs.compare, str) else "[0-9][0-9][0-9][0-9]_"))
+        files = sorted(query(bs.compare if isinstance(bs.compare, str) else "[0-9][0-9][0-9][0-9]_"),
+                       key=lambda f: Path(f).name)
     except Exception:  # a storage backend of another kind: keep pytest-benchmark's own message
         return []
+    if bs.compare is True:
+        files = files[-1:]
     bad = []
     for f in files:
         try:
             doc = json.loads(Path(f).read_text(encoding="utf8"))
-            if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+            benches = doc.get("benchmarks") if isinstance(doc, dict) else None
+            if not isinstance(benches, list):
                 raise ValueError("no 'benchmarks' list")
+            for i, bench in enumerate(benches):  # what pytest-benchmark's loader needs of each
+                if not isinstance(bench, dict) or not isinstance(bench.get("stats"), dict):
+                    raise ValueError(f"benchmark {i} has no 'stats' object")
         except (OSError, ValueError, UnicodeDecodeError) as e:
             bad.append(f"{f}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
     return bad
@@ -117,13 +125,13 @@ def start(session: pytest.Session) -> None:
     if getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no":
         raise pytest.UsageError("streamparity release gate: benchmarks cannot run under xdist (pytest-benchmark "
                                 "disables itself there, so nothing would be compared); add -p no:xdist")
+    which = "the latest saved run" if bs.compare is True else f"a saved run matching {bs.compare!r}"
+    unreadable = _unreadable_saved_runs(bs)
+    if unreadable:
+        raise pytest.UsageError(
+            f"streamparity release gate: {which} is in the benchmark storage but cannot be read: "
+            f"{unreadable[0]} (truncated or edited?); save the baseline again")
     if not getattr(bs, "compared_mapping", None):
-        which = "the latest saved run" if bs.compare is True else f"a saved run matching {bs.compare!r}"
-        unreadable = _unreadable_saved_runs(bs)
-        if unreadable:
-            raise pytest.UsageError(
-                f"streamparity release gate: {which} is in the benchmark storage but cannot be read: "
-                f"{unreadable[0]} (truncated or edited?); save the baseline again")
         raise pytest.UsageError(
             f"streamparity release gate: no baseline to compare with: {which} was not found in the benchmark "
             f"storage {bs.storage}.\n  Save a baseline first (same machine, same benchmark selection), e.g.\n"

@@ -54,6 +54,7 @@ class PluginSession:
         self.collector = SummaryCollector()
         self._parity: ParitySession | StreamparityError | None = None
         self.run_dir: RunDir | None = None
+        self._frozen = False  # whether pytest_collection_finish froze the collected objects (gc.freeze)
 
     @classmethod
     def configure(cls, config: pytest.Config) -> None:
@@ -146,7 +147,7 @@ class PluginSession:
             if gaps:
                 shown = ", ".join(map(str, gaps[:10])) + (f" and {len(gaps) - 10} more" if len(gaps) > 10 else "")
                 lines.append(f"reference: chunk(s) {shown} store no caches (has_caches: false) between chunks that "
-                             "do: functional mode leaves them out; the closed loop judges them")
+                             "do: functional mode leaves them out")
         return lines
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -202,14 +203,21 @@ class PluginSession:
             self._parity.close()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        """What exists once tests are collected (modules, items, the contract) lives for the whole run: out of
-        the garbage collector's sight (``gc.freeze``), every full collection during the run no longer walks it
-        (~7% of an embedded parity run).  Given back at unconfigure."""
+        """In a run of parity tests only (every item uses the ``parity`` fixture): what exists once they are
+        collected (modules, items, the contract) lives for the whole run, so it is put out of the garbage
+        collector's sight (``gc.freeze``, after a collection: no garbage is pinned) and every full collection
+        during the run no longer walks it (~7% of an embedded parity run).  A run with any other test, or one
+        inside a process that froze objects itself, is left as it is.  Given back at unconfigure."""
+        items = session.items
+        if not items or gc.get_freeze_count() or \
+                not all("parity" in getattr(i, "fixturenames", ()) for i in items):
+            return
+        gc.collect()
         gc.freeze()
         self._frozen = True
 
     def pytest_unconfigure(self) -> None:
-        if getattr(self, "_frozen", False):
+        if self._frozen:
             gc.unfreeze()
             self._frozen = False
         if self.run_dir is not None:  # no report was written (or it failed): the marker stays incomplete

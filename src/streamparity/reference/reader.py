@@ -177,8 +177,6 @@ class ReferenceFile:
         self._by_chunk: dict[int, IndexEntry] = {}
         self._use_sidecar = use_sidecar
         self._load_index(use_sidecar)
-        self.read_ahead = max(e.length for e in self.entries) >= _REUSE_BYTES
-        """Whether iterating reads ahead in threads, which it does for lines of a MiB or more (caches)."""
 
     # -- index ------------------------------------------------------------------------
     @property
@@ -319,14 +317,22 @@ class ReferenceFile:
                                            file=str(self.path), line=e.line, chunk=chunk, field="chunk")
         return self._parse(line, e)
 
+    @property
+    def read_ahead(self) -> bool:
+        """Whether iterating reads ahead in threads, which it does for lines of a MiB or more (caches)."""
+        return max(e.length for e in self.entries) >= _REUSE_BYTES
+
     def __iter__(self) -> Iterator[ChunkRecord]:
+        return self.iter_chunks(self.chunk_ids)
+
+    def iter_chunks(self, ids: list[int]) -> Iterator[ChunkRecord]:
+        """The chunks `ids`, in that order, large lines read ahead in threads (none past the last id)."""
         if self.read_ahead:
             from streamparity.reference.prefetch import prefetched
 
-            yield from prefetched(self.read, self.chunk_ids,
-                                  worth=lambda k: self._by_chunk[k].length >= _REUSE_BYTES)
+            yield from prefetched(self.read, ids, worth=lambda k: self._entry(k).length >= _REUSE_BYTES)
         else:
-            for k in self.chunk_ids:
+            for k in ids:
                 yield self.read(k)
 
     def _line(self, e: IndexEntry) -> tuple[bytes, bytes | bytearray]:
