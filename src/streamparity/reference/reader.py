@@ -1,4 +1,4 @@
-"""Reference JSONL: streaming reader with a byte-offset index, and writer.
+"""Reference JSONL: a streaming, thread-safe reader with a byte-offset index (the writer is in ``writer``).
 
 One JSON object per line.  An optional first line is a header::
 
