@@ -117,13 +117,13 @@ class ParitySession:
 
     # -- selection --------------------------------------------------------------------
     def functional_chunks(self) -> list[int]:
-        ids = [k for k in self.reference.chunk_ids if self.reference.meta(k).get("has_caches", True)]
+        ids = self.reference.chunks_with_caches()
         return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids
 
     def functional_gaps(self) -> list[int]:
         """Chunks between the first and the last with stored caches that store none (``has_caches: false``):
         functional mode leaves them out, which a header line says."""
-        have = [k for k in self.reference.chunk_ids if self.reference.meta(k).get("has_caches", True)]
+        have = self.reference.chunks_with_caches()
         if not have:
             return []
         stored = set(have)
@@ -136,7 +136,7 @@ class ParitySession:
     def no_chunks_reason(self, mode: str) -> str:
         sel = self.cfg.chunks.text if self.cfg.chunks else "all"
         if mode == FUNCTIONAL:
-            have = [k for k in self.reference.chunk_ids if self.reference.meta(k).get("has_caches", True)]
+            have = self.reference.chunks_with_caches()
             span = f"{have[0]}..{have[-1]}" if have else "none"
             return (f"no functional chunk in --chunks {sel}: the reference stores caches (needed in functional mode) "
                     f"for chunks {span} only")

@@ -242,10 +242,15 @@ class DeviceLoopStream(Stream, Generic[B]):
         self._snapshot_down = 0
         return out
 
+    def _to_host(self, tensors: Mapping[str, DeviceTensor[B]], *, counted: bool = False) -> dict[str, np.ndarray]:
+        """Host copies of device tensors; `counted`: state copies, added to the next step's bytes_moved."""
+        host = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in tensors.items()}
+        if counted:
+            self._snapshot_down += sum(a.nbytes for a in host.values())
+        return host
+
     def state_snapshot(self) -> dict[str, np.ndarray]:
-        snap = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.cur.items()}
-        self._snapshot_down += sum(a.nbytes for a in snap.values())
-        return snap
+        return self._to_host(self.cur, counted=True)
 
     def keep_state(self) -> tuple[int, dict[str, DeviceTensor[B]]]:
         """A device-to-device copy of the current state into a slot of this stream's buffers (reused once
@@ -265,9 +270,7 @@ class DeviceLoopStream(Stream, Generic[B]):
 
     def kept_state(self, kept: Any) -> dict[str, np.ndarray]:
         _, copies = kept
-        snap = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in copies.items()}
-        self._snapshot_down += sum(a.nbytes for a in snap.values())
-        return snap
+        return self._to_host(copies, counted=True)
 
     def release_state(self, kept: Any) -> None:
         self._kept_free.append(kept[0])
@@ -275,12 +278,12 @@ class DeviceLoopStream(Stream, Generic[B]):
     def previous_state(self) -> dict[str, np.ndarray] | None:
         if self.prev is None or self.pool.owner is not self:
             return None
-        return {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.prev.items()}
+        return self._to_host(self.prev)
 
     def complete_outputs(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.pool.owner is not self or not self.held:
             return dict(out)
-        late = {name: self.ops.d2h(t.buf, t.shape, t.dtype) for name, t in self.held.items()}
+        late = self._to_host(self.held)
         full = {**out, **late}
         return {k: full[k] for k in self.order if k in full}
 

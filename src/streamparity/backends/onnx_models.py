@@ -75,8 +75,8 @@ def external_data_files(path: Path) -> list[Path]:
         raise ModelMismatch(f"the model keeps weights in {len(files)} external data file(s) beside it, and "
                             f"{len(missing)} are missing: {', '.join(f.name for f in missing[:5])}"
                             + (" ..." if len(missing) > 5 else ""), file=str(path))
-    short = [(loc, need, (Path(path).parent / loc).stat().st_size) for loc, need in sorted(extents.items())
-             if (Path(path).parent / loc).stat().st_size < need]
+    sizes = {loc: (Path(path).parent / loc).stat().st_size for loc in extents}
+    short = [(loc, need, sizes[loc]) for loc, need in sorted(extents.items()) if sizes[loc] < need]
     if short:
         loc, need, have = short[0]
         raise ModelMismatch(f"external data file {loc} holds {have} bytes, the model's tensors need {need} "

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     ref = ReferenceFile(ref_path)
     onnx = args.onnx or contract.resolve("onnx") or Path("-")
     upto = args.upto if args.upto is not None else ref.chunk_ids[-1]
-    functional = [k for k in ref.chunk_ids if k <= upto and ref.meta(k).get("has_caches", True)]
+    functional = [k for k in ref.chunks_with_caches() if k <= upto]
     backend = create_backend(args.backend, contract, onnx, {})
     try:
         nf, nc = record(backend, contract, ref, args.out, functional, upto)

@@ -59,6 +59,7 @@ def contract_file(text: str) -> Path:
         raise argparse.ArgumentTypeError("an empty contract; give a path or a shipped contract's name")
     return existing_file(str(contract_by_name_or_path(text)))
 
+
 def regex(text: str) -> str:
     """An argparse type: a valid regular expression."""
     import re

@@ -123,6 +123,11 @@ def _meta_only(line: bytes, file: str, lineno: int) -> tuple[int | None, dict[st
     return chunk_v, check_meta(obj.get(meta_key, {}), file, lineno, chunk_v), False
 
 
+def _nbytes(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> int:
+    """Bytes of one decoded chunk's tensors (what the decoded-chunk cache counts)."""
+    return sum(a.nbytes for a in (*inputs.values(), *outputs.values()))
+
+
 def _read_at(f: IO[bytes], offset: int, length: int) -> bytes:
     f.seek(offset)
     return f.read(length)
@@ -281,6 +286,11 @@ class ReferenceFile:
     def meta(self, chunk: int) -> Mapping[str, Any]:
         return self._entry(chunk).meta
 
+    def chunks_with_caches(self) -> list[int]:
+        """The chunks whose meta says they store caches (``has_caches``, true where it is absent): what
+        functional mode can run."""
+        return [e.chunk for e in self.entries if e.meta.get("has_caches", True)]
+
     def _entry(self, chunk: int) -> IndexEntry:
         try:
             return self._by_chunk[chunk]
@@ -398,15 +408,15 @@ class ReferenceFile:
         """Keep decoded chunks up to ``cache_bytes`` (least recently read out first): the reference checks, the
         functional run and the closed loop read a small reference three times; a full-size one (69 MB per
         chunk with caches) mostly passes through."""
-        size = sum(a.nbytes for a in (*inputs.values(), *outputs.values()))
+        size = _nbytes(inputs, outputs)
         if size > self.cache_bytes:
             return
         with self._lock:
             old = self._decoded.pop(chunk, None)  # read twice at once by two threads: counted once
             if old is not None:
-                self._decoded_bytes -= sum(a.nbytes for a in (*old[0].values(), *old[1].values()))
+                self._decoded_bytes -= _nbytes(*old)
             self._decoded[chunk] = (inputs, outputs)
             self._decoded_bytes += size
             while self._decoded_bytes > self.cache_bytes:
-                _, (i, o) = self._decoded.popitem(last=False)
-                self._decoded_bytes -= sum(a.nbytes for a in (*i.values(), *o.values()))
+                _, evicted = self._decoded.popitem(last=False)
+                self._decoded_bytes -= _nbytes(*evicted)
