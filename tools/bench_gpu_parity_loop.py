@@ -42,6 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from model_run_args import add_model_run_arguments
 
 from streamparity.backends.base import Backend, Stream
 from streamparity.contract.loading import load_contract
@@ -230,13 +233,7 @@ def profile_stored_chunk(contract: Contract, ref: ReferenceFile, chunk: int, top
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the JSON and Markdown go")
-    ap.add_argument("--contract", type=Path, default=ROOT / "contracts" / "tiny-parakeet.contract.json",
-                    metavar="PATH", help="contract (default: tiny-parakeet)")
-    ap.add_argument("--onnx", type=Path, default=None, metavar="PATH", help="model (default: the contract's)")
-    ap.add_argument("--reference", type=Path, default=None, metavar="PATH",
-                    help="reference JSONL (default: the contract's)")
-    ap.add_argument("--name", default=None, metavar="TEXT", help="model name in the table (default: contract name)")
+    add_model_run_arguments(ap)
     ap.add_argument("--upto", type=int, default=None, metavar="K", help="last chunk (default: the reference's)")
     ap.add_argument("--reps", type=int, default=5, metavar="N", help="timed repetitions of each loop (default: 5)")
     ap.add_argument("--warmup-reps", type=int, default=1, metavar="N", help="untimed ones first (default: 1)")

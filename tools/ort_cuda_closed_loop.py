@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from gpu_closed_loop_benchmark import ParityCheck, Run, markdown
+from model_run_args import add_model_run_arguments
 
 from streamparity.backends.base import HostStream, Stream
 from streamparity.backends.ort import OrtBackend
@@ -78,13 +79,7 @@ def loop(name: str, mode: str, backend: OrtBackend, initial: dict[str, np.ndarra
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the JSON and Markdown go")
-    ap.add_argument("--contract", type=Path, default=ROOT / "contracts" / "tiny-parakeet.contract.json",
-                    metavar="PATH", help="contract (default: tiny-parakeet)")
-    ap.add_argument("--onnx", type=Path, default=None, metavar="PATH", help="model (default: the contract's)")
-    ap.add_argument("--reference", type=Path, default=None, metavar="PATH",
-                    help="reference JSONL (default: the contract's)")
-    ap.add_argument("--name", default=None, metavar="TEXT", help="model name in the table (default: contract name)")
+    add_model_run_arguments(ap)
     ap.add_argument("--chunks", type=int, default=300, metavar="N", help="chunks per run (default: 300)")
     ap.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed first chunks (default: 10)")
     ap.add_argument("--precision", nargs="+", default=["fp32", "fp16"], metavar="P",
