@@ -247,3 +247,29 @@ def test_a_chunk_without_caches_among_chunks_with_them_is_named(tmp_path: Path,
     assert f"chunk(s) {BAD_CHUNK} store no caches (has_caches: false) between chunks that do" in out, out
     assert f"test_functional[ort-cpu-fp32-chunk{BAD_CHUNK:03d}]" not in out, out
     assert f"test_closed_loop[ort-cpu-fp32-chunk{BAD_CHUNK:03d}]" in out, out
+
+
+def test_the_printed_cli_repro_line_of_a_plugin_backend_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            run_pytest_inprocess: Callable[..., Ran]) -> None:
+    """A backend a plugin registers (-p MODULE) is rerun by `streamparity --plugin=MODULE repro ...`: the line
+    the failure prints, run as printed, reproduces the chunk (it used to stop at 'invalid backend')."""
+    import shlex
+
+    rate = {"STREAMPARITY_DRIFT_RATE": "2e-5"}
+    r = run_pytest_inprocess("-m", "parity and not stability", "-p", "streamparity.tools.drift_fault",
+                             "--backend=drift-cpu-fp32", "--chunks=5", "-q", f"--report-dir={tmp_path / 'rep'}",
+                             env=rate)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("repro: streamparity ")]
+    assert lines, r.stdout
+    argv = shlex.split(lines[0][len("repro: "):])
+    assert argv[:2] == ["streamparity", "--plugin=streamparity.tools.drift_fault"], argv
+    monkeypatch.setenv("STREAMPARITY_DRIFT_RATE", rate["STREAMPARITY_DRIFT_RATE"])
+    c = run_cli_inprocess(*argv[1:])
+    assert c.returncode == 1 and "reproduced" in c.stdout.splitlines(), c.stdout + c.stderr  # the failure, again
+
+
+def test_a_plugin_the_cli_cannot_load_is_one_line() -> None:
+    r = run_cli_inprocess("--plugin=no_such_module_here", "repro", "x.npz")
+    assert r.returncode == 2 and "--plugin no_such_module_here: cannot import it" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

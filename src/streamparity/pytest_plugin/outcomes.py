@@ -16,7 +16,7 @@ from streamparity.backends.external import options as ext_options
 from streamparity.environment import placement
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.judging.wording import describe_chunk
-from streamparity.pytest_plugin.repro import repro_line
+from streamparity.pytest_plugin.repro import loaded_plugins, repro_line
 from streamparity.pytest_plugin.session import PROPERTY, plugin_session
 from streamparity.results.records import (
     CLOSED_LOOP,
@@ -164,7 +164,8 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
         bundle = write_bundle(session, res)
         lines = [full, _repro(request, session, spec, chunk)]
         if bundle is not None:
-            lines.append("repro: " + shlex.join(["streamparity", "repro", str(bundle), "--backend", spec.id,
+            plugins = [f"--plugin={name}" for name in loaded_plugins(request.config)]
+            lines.append("repro: " + shlex.join(["streamparity", *plugins, "repro", str(bundle), "--backend", spec.id,
                                                   *ext_options.repro_args(spec)]))
         pytest.fail("\n".join(lines), pytrace=False)
     # warn verdicts are counted in the summary and reported once per run by the gate test

@@ -36,12 +36,18 @@ def repro_line(config: pytest.Config, cfg: SessionConfig, nodeid: str, spec: Bac
         args.append(f"--chunks={cfg.chunks.text}")
     if opt.fail_on_warn:
         args.append("--fail-on-warn")
-    # plugins the run loaded with -p (e.g. a backend registered by a test plugin) are needed to rerun it
-    given = list(config.invocation_params.args)
+    for name in loaded_plugins(config):  # a backend registered by a plugin is needed to rerun it
+        args += ["-p", name]
+    args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
+    return "repro: " + shlex.join(args)
+
+
+def loaded_plugins(config: pytest.Config) -> list[str]:
+    """The plugins the run loaded with ``-p NAME`` (``-p no:...`` left out), for the lines that rerun it."""
+    given, names = list(config.invocation_params.args), []
     for i, a in enumerate(given):
         name = a[2:] if a.startswith("-p") and len(a) > 2 else \
             given[i + 1] if a == "-p" and i + 1 < len(given) else None
         if name and not name.startswith("no:"):
-            args += ["-p", name]
-    args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []
-    return "repro: " + shlex.join(args)
+            names.append(name)
+    return names
