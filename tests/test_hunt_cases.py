@@ -242,7 +242,7 @@ def test_a_chunk_without_caches_among_chunks_with_them_is_named(tmp_path: Path,
 
     ref = make_reference(tmp_path / "gap.jsonl", no_caches)
     r = run_pytest_inprocess("-m", "parity", "--co", "-p", "no:xdist", f"--reference={ref}",
-                             "--backend=ort-cpu-fp32", f"--report-dir={tmp_path / 'rep'}")
+                             "--backend=ort-cpu-fp32", "--closed-loop-items=chunk", f"--report-dir={tmp_path / 'rep'}")
     out = r.stdout + r.stderr
     assert f"chunk(s) {BAD_CHUNK} store no caches (has_caches: false) between chunks that do" in out, out
     assert f"test_functional[ort-cpu-fp32-chunk{BAD_CHUNK:03d}]" not in out, out

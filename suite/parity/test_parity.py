@@ -1,7 +1,8 @@
 """Parity of each backend against the PyTorch reference, chunk by chunk, in both modes.
 
-Parametrized by the streamparity plugin from ``--backend`` and ``--chunks``; ids read
-``ort-cpu-fp16-chunk017``.
+Parametrized by the streamparity plugin from ``--backend`` and ``--chunks``: functional tests per chunk
+(``ort-cpu-fp16-chunk017``), closed-loop tests per backend (``ort-cpu-fp16``; ``--closed-loop-items=chunk`` makes
+them per chunk too).
 """
 
 from __future__ import annotations

@@ -27,9 +27,11 @@ def stuck_len_onnx(tmp_path_factory):
 def test_ids_and_markers_are_readable(run_pytest_inprocess):
     r = run_pytest_inprocess("-m", "parity", "--collect-only", "-q", "--chunks", "17")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "test_closed_loop[ort-cpu-fp16-chunk017]" in r.stdout
+    assert "test_closed_loop[ort-cpu-fp16]" in r.stdout  # a closed loop is one run: one test per backend
     assert "test_functional[ort-cpu-fp32-chunk017]" in r.stdout
     assert "test_closed_loop_gates[ort-cpu-fp32-closed_loop]" in r.stdout
+    r = run_pytest_inprocess("-m", "parity", "--collect-only", "-q", "--chunks", "17", "--closed-loop-items=chunk")
+    assert "test_closed_loop[ort-cpu-fp16-chunk017]" in r.stdout and "test_closed_loop[ort-cpu-fp16]" not in r.stdout
 
 
 def test_clean_run_passes_and_writes_summary(tmp_path, run_pytest_inprocess):
@@ -171,6 +173,38 @@ def test_failures_past_the_first_few_are_one_line_and_write_no_bundle(stuck_len_
                    "--chunks", "0-7", "--max-chunk-failures=3", "--all-bundles", f"--report-dir={tmp_path / 'all'}",
                    "-p", "no:xdist", "-q")
     assert len(list((tmp_path / "all" / "bundles").glob("*.npz"))) == 8
+
+
+def test_a_failing_closed_loop_is_one_test_naming_each_failing_chunk(stuck_len_onnx, tmp_path, run_pytest_inprocess):
+    """The closed loop is one test per backend: its failure names every failing chunk, the first
+    --max-chunk-failures in full with a bundle and both repro lines, later ones one line each; the summary counts
+    chunks, not tests."""
+    r = run_pytest_inprocess("-m", "parity and closed_loop and not stability", "--onnx", str(stuck_len_onnx),
+                             "--backend", "ort-cpu-fp32", "--chunks", "0-7", "--max-chunk-failures=3",
+                             f"--report-dir={tmp_path}", "-p", "no:xdist", "-q")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    out = r.stdout
+    assert "FAILED suite/parity/test_parity.py::test_closed_loop[ort-cpu-fp32]" in out
+    assert "[ort-cpu-fp32 closed_loop] 8 of 8 chunks fail: 0-7" in out
+    chunk_lines = set(re.findall(r"--chunks=(\S+)", out))
+    assert {"0", "1", "2"} <= chunk_lines and "3" not in chunk_lines
+    assert out.count("repro: streamparity repro ") == 3 and len(list((tmp_path / "bundles").glob("*.npz"))) == 3
+    assert "past the first 3 (--max-chunk-failures), one line each, no bundle:" in out
+    assert all(f"[ort-cpu-fp32 closed_loop chunk {k}] CONTRACT VIOLATION" in out for k in range(3, 8))
+    assert "repro (every failing chunk): pytest 'suite/parity/test_parity.py::test_closed_loop[ort-cpu-fp32]'" in out
+    assert "--chunks=0-7" in out
+    runs = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert [(x["mode"], x["chunks"], x["failed"]) for x in runs] == [("closed_loop", 8, 8)]
+    r = run_pytest_inprocess("-m", "parity and closed_loop and not stability", "--onnx", str(stuck_len_onnx),
+                             "--backend", "ort-cpu-fp32", "--chunks", "0-7", "--max-chunk-failures=3", "--all-bundles",
+                             "--closed-loop-items=chunk", f"--report-dir={tmp_path / 'all'}", "-p", "no:xdist", "-q")
+    assert len(list((tmp_path / "all" / "bundles").glob("*.npz"))) == 8
+    assert "test_closed_loop[ort-cpu-fp32-chunk007]" in r.stdout and "--closed-loop-items=chunk" in r.stdout
+
+
+def test_closed_loop_items_is_validated(run_pytest_inprocess):
+    r = run_pytest_inprocess("-m", "parity", "--collect-only", "-q", "--closed-loop-items=window")
+    assert r.returncode == 4 and "invalid choice 'window': use run or chunk" in r.stderr
 
 
 def test_a_run_with_tests_of_its_own_is_not_frozen(tmp_path, run_pytest_inprocess) -> None:

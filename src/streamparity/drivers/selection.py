@@ -52,3 +52,17 @@ class ChunkSelection:
 
 def parse_chunks(text: str) -> ChunkSelection:
     return ChunkSelection(text)
+
+
+def selection_text(chunks: list[int]) -> str:
+    """Chunk ids as the shortest ``--chunks`` selection that names exactly them: ``[0, 1, 2, 7]`` -> ``0-2,7``."""
+    parts: list[str] = []
+    ids = sorted(set(chunks))
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(parts)

@@ -44,6 +44,15 @@ def _backend(text: str) -> BackendSpec:
     return parse_backend_spec(text, check_kind=False)  # kinds: checked in session_config, after the plugins
 
 
+CLOSED_LOOP_ITEMS = ("run", "chunk")
+
+
+def _closed_loop_items(text: str) -> str:
+    if text not in CLOSED_LOOP_ITEMS:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r}: use run or chunk")
+    return text
+
+
 def _contract(text: str) -> Path:
     return contract_by_name_or_path(text)
 
@@ -79,6 +88,10 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--max-chunk-failures", metavar="N", type=non_negative_int, default=10,
                 help="failing chunks per run (backend x mode) reported in full, with a bundle; later ones fail with "
                      "one line and no bundle; 0: every one in full (default: 10)")
+    g.addoption("--closed-loop-items", metavar="run|chunk", type=_closed_loop_items, default="run",
+                help="closed-loop tests: one per backend judging every chunk (a closed loop is one sequential run; "
+                     "its failure names each failing chunk with a --chunks=K repro line), or one per chunk, "
+                     "test_closed_loop[ID-chunkNNN] (default: run)")
     g.addoption("--all-bundles", action="store_true", default=False,
                 help="write a failure bundle for every failing chunk, also past --max-chunk-failures (default: off)")
     ext_options.add_options(g)

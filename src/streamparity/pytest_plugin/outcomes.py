@@ -7,14 +7,17 @@ from __future__ import annotations
 import shlex
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streamparity.backends.base import BackendSpec
 from streamparity.backends.external import options as ext_options
+from streamparity.drivers.selection import selection_text
 from streamparity.environment import placement
 from streamparity.errors import BackendUnavailable, StreamparityError
+from streamparity.judging.verdict import worst
 from streamparity.judging.wording import describe_chunk
 from streamparity.pytest_plugin.repro import loaded_plugins, repro_line
 from streamparity.pytest_plugin.session import PROPERTY, plugin_session
@@ -122,7 +125,7 @@ def _run_or_verdict(request: pytest.FixtureRequest, session: ParitySession, spec
     return run
 
 
-def _repro(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, chunk: int | None) -> str:
+def _repro(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, chunk: int | str | None) -> str:
     return repro_line(request.config, session.cfg, request.node.nodeid, spec, chunk)
 
 
@@ -134,9 +137,44 @@ def _fails(c: ChunkResult, fail_on_warn: bool) -> bool:
     return c.verdict == "fail" or (fail_on_warn and c.verdict == "warn")
 
 
-def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str, chunk: int) -> None:
-    """Body of every per-chunk parity test."""
+def _bundle_repro(request: pytest.FixtureRequest, spec: BackendSpec, bundle: Path) -> str:
+    plugins = [f"--plugin={name}" for name in loaded_plugins(request.config)]
+    return "repro: " + shlex.join(["streamparity", *plugins, "repro", str(bundle), "--backend", spec.id,
+                                   *ext_options.repro_args(spec)])
+
+
+def _described(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec,
+               res: ChunkResult) -> list[str]:
+    """A failing chunk in full: what failed and how far, its pytest repro line, its bundle's repro line."""
+    from streamparity.tools.bundles import write_bundle
+
+    lines = [*describe_chunk(res, session.contract), _repro(request, session, spec, res.chunk)]
+    bundle = write_bundle(session, res)
+    if bundle is not None:
+        lines.append(_bundle_repro(request, spec, bundle))
+    return lines
+
+
+def _one_line(res: ChunkResult, session: ParitySession) -> str:
+    full = describe_chunk(res, session.contract)
+    return full[0] + (f" (+{len(full) - 1} more lines)" if len(full) > 1 else "")
+
+
+def _past_the_limit(request: pytest.FixtureRequest, session: ParitySession, res: ChunkResult) -> None:
+    """A failing chunk past --max-chunk-failures: no bundle, unless --all-bundles."""
+    if request.config.option.all_bundles:
+        from streamparity.tools.bundles import write_bundle
+
+        write_bundle(session, res)
+
+
+def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str,
+          chunk: int | None) -> None:
+    """Body of every per-chunk parity test; ``chunk`` None: every selected chunk of the run (:func:`judge_run`)."""
     __tracebackhide__ = True
+    if chunk is None:
+        judge_run(request, session, spec, mode)
+        return
     run = _run_or_verdict(request, session, spec, mode, lambda why: record(request, ChunkSummary(
         spec.id, mode, chunk, "skip", reason=why)))
     res = run.by_chunk().get(chunk)
@@ -145,30 +183,67 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
     record(request, chunk_summary(res))
     fail_on_warn = plugin_session(request.config).fail_on_warn
     if _fails(res, fail_on_warn):
-        opt = request.config.option
         selected = set(session.selected(mode))
         failing = [c.chunk for c in run.chunks if c.chunk in selected and _fails(c, fail_on_warn)]
-        rank, limit = failing.index(chunk), int(opt.max_chunk_failures)
-        full = "\n".join(describe_chunk(res, session.contract))
+        rank, limit = failing.index(chunk), int(request.config.option.max_chunk_failures)
         if limit and rank >= limit:  # past the first few: one line, no bundle (unless asked)
-            if opt.all_bundles:
-                from streamparity.tools.bundles import write_bundle
-
-                write_bundle(session, res)
-            more = full.count("\n")
-            pytest.fail(f"{full.splitlines()[0]}{f' (+{more} more lines)' if more else ''} -- failing chunk "
-                        f"{rank + 1} of {len(failing)} in this run; the first {limit} are reported in full with "
-                        "bundles (--max-chunk-failures); " + _repro(request, session, spec, chunk), pytrace=False)
-        from streamparity.tools.bundles import write_bundle
-
-        bundle = write_bundle(session, res)
-        lines = [full, _repro(request, session, spec, chunk)]
-        if bundle is not None:
-            plugins = [f"--plugin={name}" for name in loaded_plugins(request.config)]
-            lines.append("repro: " + shlex.join(["streamparity", *plugins, "repro", str(bundle), "--backend", spec.id,
-                                                  *ext_options.repro_args(spec)]))
-        pytest.fail("\n".join(lines), pytrace=False)
+            _past_the_limit(request, session, res)
+            pytest.fail(f"{_one_line(res, session)} -- failing chunk {rank + 1} of {len(failing)} in this run; the "
+                        f"first {limit} are reported in full with bundles (--max-chunk-failures); "
+                        + _repro(request, session, spec, chunk), pytrace=False)
+        pytest.fail("\n".join(_described(request, session, spec, res)), pytrace=False)
     # warn verdicts are counted in the summary and reported once per run by the gate test
+
+
+ONE_LINERS = 20
+"""Failing chunks past --max-chunk-failures that a run-level test names one line each; the rest by their ids."""
+
+
+def judge_run(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str) -> None:
+    """Body of a run-level chunk test (the closed loop, one test per backend; ``--closed-loop-items=run``): every
+    selected chunk judged, each chunk's record on the report, and the failing ones described as per-chunk tests
+    would describe them: the first --max-chunk-failures in full with a bundle and both repro lines, later ones one
+    line each."""
+    __tracebackhide__ = True
+    selected = session.selected(mode)
+    props = request.node.user_properties
+
+    def skipped(why: str) -> None:
+        props.extend((PROPERTY, ChunkSummary(spec.id, mode, k, "skip", reason=why).to_dict()) for k in selected)
+
+    run = _run_or_verdict(request, session, spec, mode, skipped)
+    by_chunk = run.by_chunk()
+    results = [by_chunk[k] for k in selected if k in by_chunk]
+    props.extend((PROPERTY, chunk_summary(res).to_dict()) for res in results)
+    fail_on_warn = plugin_session(request.config).fail_on_warn
+    failing = [res for res in results if _fails(res, fail_on_warn)]
+    props += [("verdict", worst(*(res.verdict for res in results))), ("chunks", str(len(results))),
+              ("failed_chunks", selection_text([res.chunk for res in failing]))]
+    missing = [k for k in selected if k not in by_chunk]
+    if missing:
+        pytest.fail(f"{spec.id} {mode}: {len(missing)} selected chunk(s) were not run: {selection_text(missing)}",
+                    pytrace=False)
+    if not failing:
+        return
+    limit = int(request.config.option.max_chunk_failures) or len(failing)
+    lines = [f"[{spec.id} {mode}] {len(failing)} of {len(results)} chunks fail: "
+             f"{selection_text([r.chunk for r in failing])}"]
+    for res in failing[:limit]:
+        lines += _described(request, session, spec, res)
+    rest = failing[limit:]
+    if rest:
+        lines.append(f"past the first {limit} (--max-chunk-failures), one line each, "
+                     f"{'bundles written (--all-bundles)' if request.config.option.all_bundles else 'no bundle'}:")
+        for res in rest:
+            _past_the_limit(request, session, res)
+        lines += [_one_line(res, session) for res in rest[:ONE_LINERS]]
+        if len(rest) > ONE_LINERS:
+            lines.append(f"... and {len(rest) - ONE_LINERS} more: chunks "
+                         f"{selection_text([r.chunk for r in rest[ONE_LINERS:]])} (summary.json has each)")
+    if len(failing) > 1:
+        lines.append(_repro(request, session, spec, selection_text([r.chunk for r in failing])).replace(
+            "repro:", "repro (every failing chunk):", 1))
+    pytest.fail("\n".join(lines), pytrace=False)
 
 
 def judge_gates(request: pytest.FixtureRequest, session: ParitySession, spec: BackendSpec, mode: str) -> None:

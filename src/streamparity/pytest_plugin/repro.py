@@ -13,9 +13,11 @@ from streamparity.backends.external import options as ext_options
 from streamparity.session import SessionConfig
 
 
-def repro_line(config: pytest.Config, cfg: SessionConfig, nodeid: str, spec: BackendSpec, chunk: int | None) -> str:
+def repro_line(config: pytest.Config, cfg: SessionConfig, nodeid: str, spec: BackendSpec,
+               chunk: int | str | None) -> str:
     """The node id made relative to the invocation directory, and every option that changes what is judged.  A
-    per-chunk case reruns that chunk; a run-level case (gates, stability) reruns the same chunk selection.  Its
+    per-chunk case reruns that chunk (``chunk``: an id, or a selection such as ``3-7,40``); a run-level case (gates,
+    stability) reruns the same chunk selection.  Its
     reports go to ``<report-dir>/repro``, so pasting the line does not overwrite the failing run's summary."""
     opt = config.option
     path, sep, rest = nodeid.partition("::")
@@ -36,6 +38,8 @@ def repro_line(config: pytest.Config, cfg: SessionConfig, nodeid: str, spec: Bac
         args.append(f"--chunks={cfg.chunks.text}")
     if opt.fail_on_warn:
         args.append("--fail-on-warn")
+    if opt.closed_loop_items != "run":  # the node id names a chunk only then
+        args.append(f"--closed-loop-items={opt.closed_loop_items}")
     for name in loaded_plugins(config):  # a backend registered by a plugin is needed to rerun it
         args += ["-p", name]
     args += ["-p", "no:xdist"] if config.pluginmanager.has_plugin("xdist") else []

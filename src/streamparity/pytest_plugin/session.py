@@ -16,7 +16,7 @@ from streamparity.pytest_plugin import engine_options
 from streamparity.pytest_plugin.options import REBUILD_SINCE_KEY, check_rootdir, register_markers, session_config
 from streamparity.reports.collector import SummaryCollector
 from streamparity.reports.run_dir import ReportDirError, RunDir
-from streamparity.results.records import FUNCTIONAL, MODES, record_from_dict
+from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkSummary, record_from_dict
 from streamparity.session import ParitySession
 
 PROPERTY = "streamparity"
@@ -108,8 +108,11 @@ class PluginSession:
         if "parity_case" in names:
             mode = _mode_of(metafunc)
             chunks = session.selected(mode)
-            params = [pytest.param((spec, mode, k), id=f"{spec.id}-chunk{k:03d}", marks=_marks(spec))
-                      for spec in specs for k in chunks]
+            if mode == CLOSED_LOOP and self.config.option.closed_loop_items == "run" and chunks:
+                params = [pytest.param((spec, mode, None), id=spec.id, marks=_marks(spec)) for spec in specs]
+            else:
+                params = [pytest.param((spec, mode, k), id=f"{spec.id}-chunk{k:03d}", marks=_marks(spec))
+                          for spec in specs for k in chunks]
             if not params:
                 params = [pytest.param(None, id=f"no-{mode}-chunks", marks=pytest.mark.skip(
                     reason=session.no_chunks_reason(mode)))]
@@ -157,7 +160,15 @@ class PluginSession:
         for name, payload in report.user_properties:
             if name == PROPERTY and isinstance(payload, dict):
                 rec = record_from_dict(payload)
-                self.collector.add(report.nodeid, report.outcome, rec if rec is not None else payload)
+                self.collector.add(report.nodeid, self._outcome_of(report.outcome, rec),
+                                   rec if rec is not None else payload)
+
+    def _outcome_of(self, outcome: str, rec: object) -> str:
+        """A chunk's own outcome: a run-level test that failed holds chunks that passed."""
+        if outcome == "failed" and isinstance(rec, ChunkSummary) and not (
+                rec.verdict == "fail" or (self.fail_on_warn and rec.verdict == "warn")):
+            return "passed"
+        return outcome
 
     def terminal_summary(self, terminalreporter: Any, extra: list[str]) -> None:
         if hasattr(self.config, "workerinput"):

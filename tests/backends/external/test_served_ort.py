@@ -120,5 +120,7 @@ def test_pytest_runtime_crash_is_one_failure(tmp_path):
     assert "[ext-bad-fp32 closed_loop chunk 7] runtime error: stream broke at chunk 7: RuntimeFault: runtime " \
            "'ext-bad-fp32' failed in operation 'step'" in r.stdout
     assert "killed by SIGSEGV" in r.stdout and "faulty_serve: segfault on step 7" in r.stdout
-    assert "7 passed" in r.stdout or "passed" in r.stdout
+    assert "[ext-bad-fp32 closed_loop] 3 of 10 chunks fail: 7-9" in r.stdout  # chunks 0-6 passed: one test
+    runs = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert [(x["passed"], x["failed"]) for x in runs] == [(7, 3)]  # each chunk counted as itself, not as its test
     assert not live_processes(str(FAULTY))
