@@ -9,7 +9,8 @@ Three figures, measured in one run:
 * suite: ``python -m pytest -m parity --backend=ort-cpu-fp32 -q -p no:randomly`` as a whole process, against a
   process doing the same work bare (ONNX Runtime CPU FP32, one thread; functional over the chunks whose reference
   stores caches, closed loop over every chunk; outputs compared with numpy; reference read with json + base64).
-  The two alternate, ``--rounds`` times each; the figure is the median of the per-round ratios.
+  After one untimed run of each, the two alternate, ``--rounds`` times each, bytecode cached as Python does by
+  default (``PYTHONDONTWRITEBYTECODE`` is dropped); the figure is the median of the per-round ratios.
 * reader: one synthetic full-size chunk line (caches [1,24,256,1024] float32, in and out) in the checklist
   project's layout (json.dumps default separators, keys chunk_idx/metadata, metadata last) and in ours;
   stdlib ``json.loads`` + base64 against :func:`parse_chunk_line`, and a 2-line file opened (index) and read.
@@ -100,6 +101,10 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("PYTEST_ADDOPTS", None)
+    # Both processes run as Python does by default, bytecode cached: with PYTHONDONTWRITEBYTECODE=1 (set on some
+    # development machines) every run compiles each streamparity module and rewrites each test module's asserts
+    # again (~0.3 s), while the bare loop imports only installed packages, compiled at install.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -120,6 +125,8 @@ def suite_vs_bare(paths: dict[str, Path], *, embedded: bool, rounds: int, report
         suite += [f"--contract={paths['contract']}", f"--onnx={paths['onnx']}", f"--reference={paths['reference']}"]
     bare = [sys.executable, str(Path(__file__).resolve()), "--bare",
             str(paths["contract"]), str(paths["onnx"]), str(paths["reference"])]
+    for cmd in (suite, bare):  # untimed: bytecode written, files in the page cache
+        _timed(cmd, ROOT)
     rows = []
     for i in range(rounds):
         order = (("suite", suite), ("bare", bare)) if i % 2 == 0 else (("bare", bare), ("suite", suite))

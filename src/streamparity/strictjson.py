@@ -104,7 +104,8 @@ def loads(data: bytes | str, *, file: str, what: str = "file", error: type[Strea
                              parse_constant=constant)
         else:
             doc = json.loads(text, object_pairs_hook=_pairs, parse_constant=constant)
-        if depth(doc, max_depth) > max_depth:
+        # a document can nest no deeper than it has brackets (those inside strings only raise the count)
+        if text.count("{") + text.count("[") > max_depth and depth(doc, max_depth) > max_depth:
             raise _Refused(f"{what} nests deeper than {max_depth} levels")
     except _Refused as e:
         raise error(e.message, file=file, line=line, chunk=chunk) from None
