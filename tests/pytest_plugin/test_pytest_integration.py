@@ -217,3 +217,5 @@ def test_a_run_with_tests_of_its_own_is_not_frozen(tmp_path, run_pytest_inproces
     r = run_pytest_inprocess(str(t), "-q", "-p", "no:randomly", "-p", "no:cacheprovider", f"--rootdir={tmp_path}",
                              cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+    # nor does a run of other tests write a parity report (it used to check the reference and write report.md)
+    assert "streamparity: wrote" not in r.stdout and not (tmp_path / "reports" / "summary.json").exists()

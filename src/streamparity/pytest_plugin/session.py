@@ -55,6 +55,7 @@ class PluginSession:
         self._parity: ParitySession | StreamparityError | None = None
         self.run_dir: RunDir | None = None
         self._frozen = False  # whether pytest_collection_finish froze the collected objects (gc.freeze)
+        self._parity_tests = False  # whether a test marked parity reported (in the xdist controller too)
 
     @classmethod
     def configure(cls, config: pytest.Config) -> None:
@@ -155,6 +156,8 @@ class PluginSession:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect the records of the tests (in the controller under xdist: user_properties travel with reports)."""
+        if "parity" in report.keywords:
+            self._parity_tests = True
         if report.when != "call" and not (report.when == "setup" and report.skipped):
             return
         for name, payload in report.user_properties:
@@ -175,7 +178,7 @@ class PluginSession:
             return
         for line in extra:
             terminalreporter.write_line(line)
-        if not self.collector.records and not isinstance(self._parity, ParitySession):
+        if not self.collector.records and not self._parity_tests:  # a run of other tests: no parity report
             if self.run_dir is not None:
                 self.run_dir.close(complete=True)  # nothing to report: the run still completed
             return
