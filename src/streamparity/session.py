@@ -115,6 +115,12 @@ class ParitySession:
         self.inputs = PinnedInputs({"contract": Path(cfg.contract), "ONNX model": self.onnx,
                                     "reference": self.reference.path, "offline reference": self.offline}, weights)
 
+    def check_model_io(self) -> None:
+        """The ONNX file's I/O against the contract: checked when the session opened (a mismatch stops the run
+        there), read again only when a pinned input changed since."""
+        if self.inputs.changed():
+            check_onnx_file(self.contract, self.onnx)
+
     # -- selection --------------------------------------------------------------------
     def functional_chunks(self) -> list[int]:
         ids = self.reference.chunks_with_caches()

@@ -27,11 +27,10 @@ def test_model_io_matches_contract(parity):
     """The ONNX file's graph inputs and outputs (names, dtypes, ranks, cache layout, fixed and symbolic dims)
     are the contract's, read from the file itself; each runtime's own view is checked when it loads the model."""
     __tracebackhide__ = True
-    from streamparity.contract.model_io import check_onnx_file
     from streamparity.errors import ModelMismatch
 
     try:
-        check_onnx_file(parity.contract, parity.onnx)
+        parity.check_model_io()
     except ModelMismatch as e:
         pytest.fail(str(e), pytrace=False)
 
