@@ -17,6 +17,12 @@ figures are medians.  Per chunk, the parity loop's time is from the end of one s
 (so it holds the judging of the previous chunk and the reading of this one), which splits its wall time
 over the same two segments.
 
+``--staging=both`` (the default) runs the parity loop twice per repetition, alternated with the benchmark loop:
+``parity`` with the caches it compares fetched into reused page-locked host buffers (``HostStaging``, the
+backend's default), ``parity_pageable`` with them fetched into fresh pageable arrays (as before; the same as
+``STREAMPARITY_PINNED_STAGING=0``); each ratio is against the benchmark loop of the same repetition.  On CUDA a
+probe also times one cache fetch both ways and checks that both give the same bytes.
+
 On the CPU (``--device cpu``) the backend runs inside the same device loop on counting host buffers
 (:class:`~streamparity.tools.transfers.CountedDeviceBackend`), so the byte counts are those a GPU run moves;
 the times are CPU times.  Writes gpu_parity_loop.json / .md to --out.
@@ -231,6 +237,52 @@ def profile_stored_chunk(contract: Contract, ref: ReferenceFile, chunk: int, top
     return got
 
 
+def fetch_probe(backend: Any, initial: dict[str, np.ndarray], chunks: list[tuple[int, np.ndarray, np.ndarray]],
+                big: set[str], n: int = 20) -> dict[str, Any]:
+    """One big cache fetched `n` times into a fresh pageable array (ops.d2h) and through the pinned staging
+    (ms: min and median), the bytes compared; then the first chunks stepped with and without staging, every
+    output compared to the bit."""
+    stream = backend.open_stream(initial, fetch_caches=True)
+    staging = getattr(backend, "_staging", None)
+    got: dict[str, Any] = {"ops": type(stream.ops).__name__, "staging": type(staging).__name__}
+    try:
+        stream.step(chunks[0][1], chunks[0][2])
+        name = max(stream.cur, key=lambda k: stream.cur[k].nbytes)
+        t = stream.cur[name]
+        got.update(cache=name, nbytes=t.nbytes)
+        for how, fetch in (("pageable", stream.ops.d2h), ("pinned", staging.fetch if staging else None)):
+            if fetch is None:
+                continue
+            ts, a = [], None
+            for _ in range(n):
+                t0 = time.perf_counter()
+                a = fetch(t.buf, t.shape, t.dtype)
+                ts.append((time.perf_counter() - t0) * 1e3)
+            got[how] = {"min_ms": min(ts), "p50_ms": statistics.median(ts),
+                        "gb_s": t.nbytes / (min(ts) * 1e-3) / 1e9, "bytes": np.asarray(a).tobytes()}
+        if "pinned" in got and "pageable" in got:
+            got["same_bytes"] = got["pinned"]["bytes"] == got["pageable"]["bytes"]
+        for how in ("pinned", "pageable"):
+            got.get(how, {}).pop("bytes", None)
+    finally:
+        stream.close()
+    outs: dict[bool, list[dict[str, np.ndarray]]] = {}
+    saved = backend.pinned_staging
+    for pinned in (True, False):
+        backend.pinned_staging = pinned
+        s = backend.open_stream(initial, fetch_caches=True)
+        outs[pinned] = [{k: np.array(v, copy=True) for k, v in s.step(a, ln).items()} for _, a, ln in chunks[:8]]
+        s.close()
+    backend.pinned_staging = saved
+    got["steps_bit_identical"] = all(x.keys() == y.keys() and all(x[k].tobytes() == y[k].tobytes() for k in x)
+                                     for x, y in zip(outs[True], outs[False], strict=True))
+    got["big_caches_compared"] = sorted(big & set(outs[True][0]))
+    if staging is not None:
+        got["staging_buffers"] = {"slots": staging.slots, "bytes": staging.total_bytes,
+                                  "fetches": staging.fetches, "fallbacks": staging.fallbacks}
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_run_arguments(ap)
@@ -242,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also profile one stored-cache chunk's reference read and judging (cProfile)")
     ap.add_argument("--note", default="", metavar="TEXT", help="a line for the Markdown (e.g. what the model is)")
+    ap.add_argument("--staging", default="both", choices=("on", "off", "both"),
+                    help="parity loop with pinned host staging of the fetched caches, without, or both (default)")
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -293,63 +347,96 @@ def main(argv: list[str] | None = None) -> int:
         meta["placement"] = check_placement(onnx)
     print(json.dumps(meta), flush=True)
 
+    variants = {"on": ["parity"], "off": ["parity_pageable"], "both": ["parity", "parity_pageable"]}[args.staging]
+
+    def loop(which: str) -> dict[str, Any]:
+        if which == "benchmark":
+            return benchmark_loop(backend, initial, chunks)
+        inner.pinned_staging = which == "parity"
+        return parity_loop(backend, contract, ref, upto)
+
     for _ in range(args.warmup_reps):
-        benchmark_loop(backend, initial, chunks)
-        parity_loop(backend, contract, ref, upto)
+        for which in ["benchmark", *variants]:
+            loop(which)
     reps: list[dict[str, Any]] = []
+    names = [*variants, "benchmark"]
     for i in range(args.reps):
-        order = ("parity", "benchmark") if i % 2 == 0 else ("benchmark", "parity")
-        got: dict[str, dict[str, Any]] = {}
-        for which in order:
-            got[which] = (parity_loop(backend, contract, ref, upto) if which == "parity"
-                          else benchmark_loop(backend, initial, chunks))
-        p, b = got["parity"], got["benchmark"]
-        rep = {"order": list(order), "parity_wall_s": p["wall_s"], "benchmark_wall_s": b["wall_s"],
-               "ratio": p["wall_s"] / b["wall_s"], "verdicts": p["verdicts"], "worst_max_abs": p["worst_max_abs"],
-               "errors": p["errors"]}
-        for seg, keys in (("stored", stored), ("plain", plain)):
-            ps, bs = _seg(p["rows"], keys), _seg(b["rows"], keys)
-            rep[f"parity_{seg}"], rep[f"benchmark_{seg}"] = ps, bs
-            rep[f"ratio_{seg}"] = ps["wall_ms"] / bs["wall_ms"] if ps.get("chunks") else None
-            sel = [v for k, v in p["parts"].items() if k in keys]
-            rep[f"parity_{seg}_parts_ms"] = {
-                part: {"mean": statistics.mean(v[j] for v in sel), "p50": statistics.median(v[j] for v in sel)}
-                for j, part in enumerate(("read", "step", "judge"))} if sel else None
-        rep["open_bytes"] = {"parity": p["open_bytes"], "benchmark": b["open_bytes"]}
+        order = names[i % len(names):] + names[:i % len(names)]  # each loop first, middle and last in turn
+        got = {which: loop(which) for which in order}
+        b = got["benchmark"]
+        rep: dict[str, Any] = {"order": order, "benchmark": {"wall_s": b["wall_s"], **{
+            seg: _seg(b["rows"], keys) for seg, keys in (("stored", stored), ("plain", plain))}}}
+        for v in variants:
+            p = got[v]
+            r: dict[str, Any] = {"wall_s": p["wall_s"], "ratio": p["wall_s"] / b["wall_s"], "verdicts": p["verdicts"],
+                                 "worst_max_abs": p["worst_max_abs"], "errors": p["errors"],
+                                 "open_bytes": p["open_bytes"]}
+            for seg, keys in (("stored", stored), ("plain", plain)):
+                ps, bs = _seg(p["rows"], keys), rep["benchmark"][seg]
+                r[seg], r[f"ratio_{seg}"] = ps, ps["wall_ms"] / bs["wall_ms"] if ps.get("chunks") else None
+                sel = [val for k, val in p["parts"].items() if k in keys]
+                r[f"{seg}_parts_ms"] = {part: {"mean": statistics.mean(x[j] for x in sel),
+                                               "p50": statistics.median(x[j] for x in sel)}
+                                        for j, part in enumerate(("read", "step", "judge"))} if sel else None
+            rep[v] = r
+        rep["benchmark"]["open_bytes"] = b["open_bytes"]
         reps.append(rep)
-        print(json.dumps({k: rep[k] for k in ("order", "parity_wall_s", "benchmark_wall_s", "ratio", "ratio_stored",
-                                              "ratio_plain", "verdicts")}), flush=True)
+        print(json.dumps({"order": order, "benchmark_wall_s": b["wall_s"], **{
+            v: {k: rep[v][k] for k in ("wall_s", "ratio", "ratio_stored", "ratio_plain", "verdicts")}
+            for v in variants}}), flush=True)
+    probe = None
+    if args.device == "cuda":
+        try:
+            probe = fetch_probe(inner, initial, chunks, big)
+        except Exception as e:  # the loops' figures above still count
+            probe = {"error": f"{type(e).__name__}: {e}"}
+    if probe:
+        print(json.dumps({"fetch_probe": probe}), flush=True)
     inner.close()
     prof = profile_stored_chunk(contract, ref, min(stored)) if args.profile and stored else None
     if prof:
         print(prof["read_profile"], prof["judge_profile"], sep="\n", flush=True)
 
-    def med(key: str, sub: str | None = None) -> float | None:
-        vals = [r[key][sub] if sub else r[key] for r in reps if r[key] is not None and (not sub or sub in r[key])]
+    def per_rep(path: str) -> list[float]:
+        out = []
+        for r in reps:
+            v: Any = r
+            for key in path.split("."):
+                v = v.get(key) if isinstance(v, dict) else None
+            if v is not None:
+                out.append(float(v))
+        return out
+
+    def med(path: str) -> float | None:
+        vals = per_rep(path)
         return statistics.median(vals) if vals else None
 
-    summary = {
-        "parity_wall_s": med("parity_wall_s"), "benchmark_wall_s": med("benchmark_wall_s"),
-        "ratio_median_of_reps": med("ratio"),
-        "ratio_stored_median": med("ratio_stored"), "ratio_plain_median": med("ratio_plain"),
-        "parity_stored_wall_ms": med("parity_stored", "wall_ms"), "benchmark_stored_wall_ms":
-            med("benchmark_stored", "wall_ms"),
-        "parity_plain_wall_ms": med("parity_plain", "wall_ms"), "benchmark_plain_wall_ms":
-            med("benchmark_plain", "wall_ms"),
-        "parity_step_ms_p50_plain": med("parity_plain", "step_ms_p50"),
-        "benchmark_step_ms_p50_plain": med("benchmark_plain", "step_ms_p50"),
-        "parity_step_ms_p50_stored": med("parity_stored", "step_ms_p50"),
-        "benchmark_step_ms_p50_stored": med("benchmark_stored", "step_ms_p50"),
-        "parity_parts_ms": {seg: {part: {stat: statistics.median(r[f"parity_{seg}_parts_ms"][part][stat] for r in reps)
-                                         for stat in ("mean", "p50")} for part in ("read", "step", "judge")}
-                            for seg in ("stored", "plain") if reps and reps[0][f"parity_{seg}_parts_ms"]},
-        "bytes": {f"{loop}_{seg}": {k: reps[-1][f"{loop}_{seg}"].get(k) for k in
-                                    ("chunks", "h2d_per_chunk", "d2h_per_chunk", "h2d_minmax", "d2h_minmax")}
-                  for loop in ("parity", "benchmark") for seg in ("stored", "plain")},
-        "open_bytes": reps[-1]["open_bytes"] if reps else None,
-        "verdicts_last_rep": reps[-1]["verdicts"] if reps else None,
-        "worst_max_abs": reps[-1]["worst_max_abs"] if reps else None,
-    }
+    summary: dict[str, Any] = {"benchmark_wall_s": med("benchmark.wall_s"),
+                               "benchmark_wall_s_reps": per_rep("benchmark.wall_s"),
+                               "benchmark_step_ms_p50": {seg: med(f"benchmark.{seg}.step_ms_p50")
+                                                         for seg in ("stored", "plain")},
+                               "benchmark_wall_ms": {seg: med(f"benchmark.{seg}.wall_ms")
+                                                     for seg in ("stored", "plain")},
+                               "bytes": {f"benchmark_{seg}": _bytes(reps[-1]["benchmark"][seg])
+                                         for seg in ("stored", "plain")},
+                               "variants": variants}
+    for v in variants:
+        summary[v] = {
+            "wall_s": med(f"{v}.wall_s"), "wall_s_reps": per_rep(f"{v}.wall_s"),
+            "ratio_median_of_reps": med(f"{v}.ratio"), "ratio_reps": per_rep(f"{v}.ratio"),
+            "ratio_stored_median": med(f"{v}.ratio_stored"), "ratio_stored_reps": per_rep(f"{v}.ratio_stored"),
+            "ratio_plain_median": med(f"{v}.ratio_plain"), "ratio_plain_reps": per_rep(f"{v}.ratio_plain"),
+            "wall_ms": {seg: med(f"{v}.{seg}.wall_ms") for seg in ("stored", "plain")},
+            "step_ms_p50": {seg: med(f"{v}.{seg}.step_ms_p50") for seg in ("stored", "plain")},
+            "parts_ms": {seg: {part: {stat: statistics.median(r[v][f"{seg}_parts_ms"][part][stat] for r in reps)
+                                      for stat in ("mean", "p50")} for part in ("read", "step", "judge")}
+                         for seg in ("stored", "plain") if reps and reps[0][v][f"{seg}_parts_ms"]},
+            "open_bytes": reps[-1][v]["open_bytes"] if reps else None,
+            "verdicts_last_rep": reps[-1][v]["verdicts"] if reps else None,
+            "worst_max_abs": reps[-1][v]["worst_max_abs"] if reps else None}
+        summary["bytes"].update({f"{v}_{seg}": _bytes(reps[-1][v][seg]) for seg in ("stored", "plain")})
+    summary["benchmark_open_bytes"] = reps[-1]["benchmark"]["open_bytes"] if reps else None
+    summary["fetch_probe"] = probe
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"meta": meta, "summary": summary, "reps": reps, "profile": prof}
     (args.out / "gpu_parity_loop.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
@@ -362,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _bytes(seg: dict[str, Any]) -> dict[str, Any]:
+    return {k: seg.get(k) for k in ("chunks", "h2d_per_chunk", "d2h_per_chunk", "h2d_minmax", "d2h_minmax")}
+
+
 def markdown(meta: dict[str, Any], s: dict[str, Any]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
@@ -369,7 +460,11 @@ def markdown(meta: dict[str, Any], s: dict[str, Any]) -> str:
     def ratio(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}x"
 
+    def reps(v: list[float]) -> str:
+        return ", ".join(f"{x:.2f}" for x in v)  # ratios and seconds
+
     by = s["bytes"]
+    label = {"parity": "parity (pinned staging)", "parity_pageable": "parity (pageable fetch)"}
     lines = [f"{meta['name']}: ONNX Runtime {meta['onnxruntime']} {meta['providers'][0]} on "
              f"{meta.get('gpu', meta['device'])}, {meta['precision']}, {meta['chunks']} chunks "
              f"({meta['stored_cache_chunks']} with stored caches), median of {meta['reps']} alternated repetitions "
@@ -378,29 +473,50 @@ def markdown(meta: dict[str, Any], s: dict[str, Any]) -> str:
         lines.append(meta["note"])
     if "placement" in meta:
         lines.append(f"All nodes on the CUDA provider (no CPU fallback inside ORT): {meta['placement']}")
-    lines += ["", "| loop | chunks | H2D / chunk | D2H / chunk | step P50 ms | wall ms | parity / benchmark |",
+    lines += ["", "| loop | chunks | H2D / chunk | D2H / chunk | step P50 ms | wall ms | parity / benchmark (reps) |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
-    for seg, label in (("plain", "without stored caches"), ("stored", "with stored caches")):
-        for loop in ("benchmark", "parity"):
+    for seg, where in (("plain", "without stored caches"), ("stored", "with stored caches")):
+        for loop in ("benchmark", *s["variants"]):
             b = by[f"{loop}_{seg}"]
             if not b.get("chunks"):
                 continue
-            r = s[f"ratio_{seg}_median"] if loop == "parity" else None
-            lines.append(f"| {loop}, {label} | {b['chunks']} | {_fmt_bytes(b['h2d_per_chunk'])} | "
-                         f"{_fmt_bytes(b['d2h_per_chunk'])} | {ms(s[f'{loop}_step_ms_p50_{seg}'])} | "
-                         f"{ms(s[f'{loop}_{seg}_wall_ms'])} | {ratio(r)} |")
-    lines.append(f"| **whole loop** | {meta['chunks']} | | | | parity {ms(s['parity_wall_s'] * 1e3)}, benchmark "
-                 f"{ms(s['benchmark_wall_s'] * 1e3)} | **{ratio(s['ratio_median_of_reps'])}** |")
-    parts = s.get("parity_parts_ms", {})
-    if parts:
-        lines += ["", "Parity loop per chunk, mean (P50) ms: " + "; ".join(
-            f"{label}: " + ", ".join(f"{part} {v['mean']:.1f} ({v['p50']:.1f})" for part, v in parts[seg].items())
-            for seg, label in (("plain", "without stored caches"), ("stored", "with stored caches")) if seg in parts)
-            + " (read: the reference line parsed; step: stream.step, caches fetched where stored; judge: "
-              "judge_chunk and the loop's bookkeeping)."]
-    lines += ["", f"Stream opening (initial caches up, once): parity {s['open_bytes']['parity']}, benchmark "
-              f"{s['open_bytes']['benchmark']} bytes (H2D, D2H).  Parity verdicts (last repetition): "
-              f"{s['verdicts_last_rep']}; worst max abs {s['worst_max_abs']}.", ""]
+            if loop == "benchmark":
+                step, wall, r = s["benchmark_step_ms_p50"][seg], s["benchmark_wall_ms"][seg], ""
+            else:
+                v = s[loop]
+                step, wall = v["step_ms_p50"][seg], v["wall_ms"][seg]
+                r = f"{ratio(v[f'ratio_{seg}_median'])} ({reps(v[f'ratio_{seg}_reps'])})"
+            lines.append(f"| {label.get(loop, loop)}, {where} | {b['chunks']} | {_fmt_bytes(b['h2d_per_chunk'])} | "
+                         f"{_fmt_bytes(b['d2h_per_chunk'])} | {ms(step)} | {ms(wall)} | {r} |")
+    for loop in s["variants"]:
+        v = s[loop]
+        lines.append(f"| **whole loop, {label[loop]}** | {meta['chunks']} | | | | {ms(v['wall_s'] * 1e3)} against "
+                     f"{ms(s['benchmark_wall_s'] * 1e3)} | **{ratio(v['ratio_median_of_reps'])}** "
+                     f"({reps(v['ratio_reps'])}) |")
+    lines.append(f"\nBenchmark loop wall s per repetition: {reps(s['benchmark_wall_s_reps'])}.")
+    for loop in s["variants"]:
+        parts = s[loop].get("parts_ms", {})
+        if parts:
+            lines += ["", f"{label[loop]} per chunk, mean (P50) ms: " + "; ".join(
+                f"{where}: " + ", ".join(f"{part} {v['mean']:.1f} ({v['p50']:.1f})" for part, v in parts[seg].items())
+                for seg, where in (("plain", "without stored caches"), ("stored", "with stored caches"))
+                if seg in parts) + "."]
+        v = s[loop]
+        lines += ["", f"{label[loop]}: stream opening {v['open_bytes']} bytes (H2D, D2H); verdicts (last repetition) "
+                  f"{v['verdicts_last_rep']}; worst max abs {v['worst_max_abs']}."]
+    lines += ["", "(read: the reference line parsed; step: stream.step, caches fetched where stored; judge: "
+              "judge_chunk and the loop's bookkeeping, waiting for threaded judgements included.)"]
+    pr = s.get("fetch_probe")
+    if pr and "error" in pr:
+        lines += ["", f"Fetch probe failed: {pr['error']}"]
+    elif pr:
+        f = ", ".join(f"{how} min {pr[how]['min_ms']:.2f} ms (P50 {pr[how]['p50_ms']:.2f}, {pr[how]['gb_s']:.1f} GB/s)"
+                      for how in ("pageable", "pinned") if how in pr)
+        lines += ["", f"Fetch probe ({pr['ops']}, {pr.get('cache')} {_fmt_bytes(pr.get('nbytes', 0))}): {f}; "
+                  f"same bytes: {pr.get('same_bytes')}; 8 steps with and without staging bit-identical: "
+                  f"{pr.get('steps_bit_identical')} (big caches compared: {pr.get('big_caches_compared')}); "
+                  f"staging buffers {pr.get('staging_buffers')}."]
+    lines.append("")
     return "\n".join(lines)
 
 

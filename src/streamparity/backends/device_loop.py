@@ -5,7 +5,9 @@ memset) and :class:`DeviceRunner` (run the model on device tensors).  Cache outp
 spare half of a ping-pong pair and become the next chunk's cache inputs without leaving the device; with
 ``cache_output_time_dim == "dynamic_pad_to_input"`` they are padded with zeros on
 the device, on the contract's ``cache_pad_side``.
-Only audio + length go in per chunk, and only the compared outputs come out.
+Only audio + length go in per chunk, and only the compared outputs come out; the big caches, where a step
+fetches them, come through the stream's :class:`~streamparity.backends.memory.HostStaging` if it has one
+(reused page-locked buffers, each reused only once nothing holds the arrays fetched into it).
 
 :class:`NumpyOps` + :class:`HostBackendRunner` run the same loop in host memory around any host backend;
 the tests use them to prove the loop equals :class:`~streamparity.backends.base.HostStream`.
@@ -20,7 +22,7 @@ from typing import Any, Generic, Protocol
 import numpy as np
 
 from streamparity.backends.base import Backend, Stream
-from streamparity.backends.memory import B, DeviceOps, DeviceTensor, NumpyOps, Shape, nbytes_of
+from streamparity.backends.memory import B, DeviceOps, DeviceTensor, HostStaging, NumpyOps, Shape, nbytes_of
 from streamparity.contract.model import (
     ROLE_AUDIO,
     ROLE_CACHE_CHANNEL,
@@ -138,10 +140,14 @@ class DeviceLoopStream(Stream, Generic[B]):
     keeps_previous_state = True
 
     def __init__(self, contract: Contract, ops: DeviceOps[B], runner: DeviceRunner[B], pool: BufferPool[B],
-                 initial: Mapping[str, np.ndarray], *, fetch_caches: bool) -> None:
+                 initial: Mapping[str, np.ndarray], *, fetch_caches: bool,
+                 staging: HostStaging[B] | None = None) -> None:
         c = contract
         self.contract, self.ops, self.runner, self.pool = c, ops, runner, pool
         self.fetch_caches = fetch_caches
+        if staging is not None and staging.ops is not ops:
+            raise ValueError("the host staging must copy with the stream's own device ops (same stream)")
+        self.staging = staging  # where the big caches a step fetches land (None: fresh host arrays)
         self.audio = c.input_by_role(ROLE_AUDIO)
         self.length = c.input_by_role(ROLE_LENGTH)
         self.feeds_map = c.cache_feeds()
@@ -234,7 +240,10 @@ class DeviceLoopStream(Stream, Generic[B]):
             if name in self.big_caches and not fetch:
                 self.held[name] = DeviceTensor(where[name], shape, self.out_dtypes[name])
                 continue
-            out[name] = ops.d2h(where[name], shape, self.out_dtypes[name])
+            if name in self.big_caches and self.staging is not None:
+                out[name] = self.staging.fetch(where[name], shape, self.out_dtypes[name])
+            else:
+                out[name] = ops.d2h(where[name], shape, self.out_dtypes[name])
             down += out[name].nbytes
         if self.len_out in out:
             self._len_host = out[self.len_out].copy()

@@ -1,9 +1,13 @@
 """The device-memory layer every GPU backend imports: byte-buffer operations on one device (host numpy,
-cuda-python's runtime, PyTorch), the tensors that live in them, and their sizes."""
+cuda-python's runtime, PyTorch), the tensors that live in them, their sizes, and the page-locked host buffers
+the big device->host fetches are staged in (:class:`HostStaging`)."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -57,6 +61,101 @@ def nbytes_of(shape: Shape, dtype: np.dtype[Any]) -> int:
     return prod(shape) * dtype.itemsize
 
 
+@dataclass(frozen=True)
+class HostBuffer:
+    """Host bytes a device copies to: `array` (uint8) over them, `handle` what owns them (a pinned torch tensor, a
+    cudaMallocHost block's ctypes view, or the array itself).  The memory lives as long as `array` or any array
+    made over it: it goes back when the last of them does."""
+
+    array: np.ndarray
+    handle: Any
+
+
+class HostStagingOps(DeviceOps[B], Protocol[B]):
+    """:class:`DeviceOps` that also copy device bytes into host buffers of their own (page-locked on a GPU)."""
+
+    def alloc_host(self, nbytes: int) -> HostBuffer: ...
+
+    def d2h_into(self, dst: HostBuffer, src: B, nbytes: int) -> None:
+        """Copy the first `nbytes` of `src` to the start of `dst`; returns once they are there."""
+        ...
+
+
+PINNED_STAGING_MAX_BYTES = 512 * 2**20
+"""Host buffers one :class:`HostStaging` may hold (page-locked memory is the host's to lend, not ours to hoard)."""
+
+
+class _Slot:
+    __slots__ = ("buffer", "lease", "nbytes")
+
+    def __init__(self, buffer: HostBuffer, nbytes: int) -> None:
+        self.buffer, self.nbytes = buffer, nbytes
+        self.lease: weakref.ref[np.ndarray] | None = None
+
+    def free(self) -> bool:
+        return self.lease is None or self.lease() is None
+
+
+class HostStaging(Generic[B]):
+    """Reused host buffers (page-locked on a GPU) for the big device->host fetches: the copy runs at the link's
+    speed, into memory already mapped, instead of through the driver's pageable staging.
+
+    :meth:`fetch` copies into a free buffer and returns an array over it.  A buffer is free again only once that
+    array and every array made from it are gone: each fetch makes a fresh array over a memoryview of the buffer,
+    so every view of it (slices, reshapes) keeps it alive (numpy stops a view's base at the first array whose base
+    is no array), and a weak reference to it says when the last one went.  A thread still judging a fetched cache
+    thus keeps its buffer from being written; another buffer is taken meanwhile.  Past `max_bytes` of buffers a
+    fetch falls back to a fresh host array (``ops.d2h``).  Not thread-safe: one stream fetches at a time."""
+
+    def __init__(self, ops: HostStagingOps[B], *, max_bytes: int = PINNED_STAGING_MAX_BYTES) -> None:
+        self.ops = ops
+        self.max_bytes = max_bytes
+        self._slots: list[_Slot] = []
+        self.fetches = self.fallbacks = self.allocations = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self._slots)
+
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    def _take(self, nbytes: int) -> _Slot | None:
+        free = [s for s in self._slots if s.free()]
+        fits = [s for s in free if s.nbytes >= nbytes]
+        if fits:
+            return min(fits, key=lambda s: s.nbytes)
+        for s in free:  # too small: given back where a new one would not fit beside it
+            if self.total_bytes + nbytes <= self.max_bytes:
+                break
+            self._slots.remove(s)
+        if self.total_bytes + nbytes > self.max_bytes:
+            return None
+        slot = _Slot(self.ops.alloc_host(nbytes), nbytes)
+        self._slots.append(slot)
+        self.allocations += 1
+        return slot
+
+    def fetch(self, src: B, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
+        """A host copy of the first bytes of `src` as an array over a staging buffer (waits for the copy)."""
+        dtype = np.dtype(dtype)
+        n = nbytes_of(shape, dtype)
+        self.fetches += 1
+        slot = self._take(n) if n else None
+        if slot is None:
+            self.fallbacks += 1
+            return self.ops.d2h(src, shape, dtype)
+        self.ops.d2h_into(slot.buffer, src, n)
+        whole = np.frombuffer(slot.buffer.array.data, dtype=dtype, count=prod(shape))
+        slot.lease = weakref.ref(whole)
+        return whole.reshape(shape)
+
+    def free_all(self) -> None:
+        """Forget every buffer: each goes back once nothing made over it is left."""
+        self._slots.clear()
+
+
 class NumpyOps:
     """:class:`DeviceOps` over host byte arrays: the loop's logic, testable without a GPU."""
 
@@ -75,6 +174,13 @@ class NumpyOps:
 
     def d2h(self, src: np.ndarray, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
         return self.view(src, shape, dtype).copy()
+
+    def alloc_host(self, nbytes: int) -> HostBuffer:
+        a = np.empty(nbytes, dtype=np.uint8)
+        return HostBuffer(a, a)
+
+    def d2h_into(self, dst: HostBuffer, src: np.ndarray, nbytes: int) -> None:
+        dst.array[:nbytes] = src[:nbytes]
 
     def memset0(self, dst: np.ndarray, nbytes: int) -> None:
         dst[:nbytes] = 0
@@ -105,6 +211,10 @@ class CountingOps(NumpyOps):
     def d2h(self, src: np.ndarray, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
         self.d2h_bytes += nbytes_of(shape, np.dtype(dtype))
         return super().d2h(src, shape, dtype)
+
+    def d2h_into(self, dst: HostBuffer, src: np.ndarray, nbytes: int) -> None:
+        self.d2h_bytes += int(nbytes)
+        super().d2h_into(dst, src, nbytes)
 
     def memset0(self, dst: np.ndarray, nbytes: int) -> None:
         self.device_bytes += int(nbytes)
@@ -179,6 +289,21 @@ class CudartOps:
         self.synchronize()
         return out
 
+    def alloc_host(self, nbytes: int) -> HostBuffer:
+        """Page-locked (cudaMallocHost), freed once the last array over it is gone."""
+        ptr = int(_cuda_call(self.rt, self.rt.cudaMallocHost(nbytes), f"cudaMallocHost({nbytes})"))
+        raw = (ctypes.c_ubyte * nbytes).from_address(ptr)
+        done = weakref.finalize(raw, _free_host, self.rt.cudaFreeHost, ptr)
+        done.atexit = False  # at exit the process gives it back
+        return HostBuffer(np.frombuffer(memoryview(raw), dtype=np.uint8), raw)  # its base holds `raw`
+
+    def d2h_into(self, dst: HostBuffer, src: int, nbytes: int) -> None:
+        if nbytes:
+            _cuda_call(self.rt, self.rt.cudaMemcpyAsync(dst.array.ctypes.data, src, nbytes,
+                                                        self._kind.cudaMemcpyDeviceToHost, self.stream),
+                       "cudaMemcpyAsync(D2H, pinned)")
+        self.synchronize()
+
     def memset0(self, dst: int, nbytes: int) -> None:
         if nbytes:
             _cuda_call(self.rt, self.rt.cudaMemsetAsync(dst, 0, nbytes, self.stream), "cudaMemsetAsync")
@@ -204,6 +329,13 @@ class CudartOps:
         if self.stream is not None:
             self.rt.cudaStreamDestroy(self.stream)
             self.stream = None
+
+
+def _free_host(free: Callable[[int], Any], ptr: int) -> None:
+    try:
+        free(ptr)
+    except Exception:  # pragma: no cover - a torn-down CUDA context at interpreter exit
+        pass
 
 
 def _torch() -> Any:
@@ -247,6 +379,15 @@ class TorchOps:
     def d2h(self, src: torch.Tensor, shape: Shape, dtype: np.dtype[Any]) -> np.ndarray:
         out: np.ndarray = self.view(src, shape, dtype).cpu().numpy()
         return out
+
+    def alloc_host(self, nbytes: int) -> HostBuffer:
+        """Page-locked beside a CUDA device (torch's pinned host allocator); the array keeps the tensor alive."""
+        t = self.torch.empty(nbytes, dtype=self.torch.uint8, pin_memory=self.device.type == "cuda")
+        return HostBuffer(t.numpy(), t)
+
+    def d2h_into(self, dst: HostBuffer, src: torch.Tensor, nbytes: int) -> None:
+        if nbytes:
+            dst.handle[:nbytes].copy_(src[:nbytes])  # into pinned memory: one DMA, then the stream waited for
 
     def memset0(self, dst: torch.Tensor, nbytes: int) -> None:
         dst[:nbytes].zero_()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 
 from streamparity.backends.base import Backend, Stream
 from streamparity.backends.device_loop import BindOutput, BufferPool, DeviceLoopStream
-from streamparity.backends.memory import DeviceTensor, Shape
+from streamparity.backends.memory import DeviceTensor, HostStaging, Shape
 from streamparity.backends.onnx_models import fp16_variant
 from streamparity.contract.model import ROLE_AUDIO, Contract
 from streamparity.contract.model_io import check_model_io
@@ -72,6 +73,11 @@ class OrtBackend(Backend):
         check_model_io(contract, onnx_path, self.session.get_inputs(), self.session.get_outputs(), extra_outputs=True)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._pool: BufferPool[Any] | None = None
+        self._staging: HostStaging[Any] | None = None
+        self._ptr: Callable[[Any], int] = int
+        self.pinned_staging = os.environ.get("STREAMPARITY_PINNED_STAGING", "1") != "0"
+        """On CUDA: the caches a closed loop compares come to the host through reused page-locked buffers
+        (environment STREAMPARITY_PINNED_STAGING=0: into fresh pageable arrays, as before)."""
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         res = self.session.run(self.output_names, dict(feeds))
@@ -81,11 +87,13 @@ class OrtBackend(Backend):
         """On CUDA: caches stay on the GPU (IOBinding + the shared device loop); on CPU: host ping-pong."""
         if self.device != "cuda":
             return super().open_stream(initial, fetch_caches=fetch_caches)
-        ops, ptr = cuda_ops()
-        runner = OrtIOBindingRunner(self, ptr, device_type="cuda", device_id=_gpu_index(), sync=ops.synchronize)
-        if self._pool is None:
-            self._pool = BufferPool(ops)
-        return DeviceLoopStream(self.contract, ops, runner, self._pool, initial, fetch_caches=fetch_caches)
+        if self._pool is None:  # one set of device ops (one CUDA stream) for every stream of this backend
+            ops, self._ptr = cuda_ops()
+            self._pool, self._staging = BufferPool(ops), HostStaging(ops)
+        ops = self._pool.ops
+        runner = OrtIOBindingRunner(self, self._ptr, device_type="cuda", device_id=_gpu_index(), sync=ops.synchronize)
+        return DeviceLoopStream(self.contract, ops, runner, self._pool, initial, fetch_caches=fetch_caches,
+                                staging=self._staging if self.pinned_staging else None)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
