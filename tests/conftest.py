@@ -29,6 +29,18 @@ TINY_REFERENCE = ROOT / "fixtures" / "tiny" / "reference.jsonl"
 pytest_plugins = ["pytester"]
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.nodeid.startswith("tests/test_static_checks.py::") for item in session.items):
+        from tests import early_mypy
+
+        early_mypy.start(session)  # the package's mypy run, beside the tests before it
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "tests.early_mypy" in sys.modules:
+        sys.modules["tests.early_mypy"].stop(session.config)
+
+
 def join_path_options(args: tuple[str, ...] | list[str]) -> list[str]:
     """``--reference PATH`` -> ``--reference=PATH``, as the README tells users to write path options."""
     out: list[str] = []

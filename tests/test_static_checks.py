@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests import early_mypy
 from tests.conftest import ROOT
 
 
@@ -19,15 +20,25 @@ def _tool(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+def mypy_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """One incremental cache for the three mypy runs of this module: the first one checks the standard library
-    and numpy stubs, the others reuse them (a module whose stubs or options differ is checked again)."""
+    and numpy stubs, the others reuse them (a module whose stubs or options differ is checked again).  Where the
+    package's run started at collection (:mod:`tests.early_mypy`), its cache, once that run is done."""
+    early = early_mypy.get(request.config)
+    if early is not None:
+        early.result()
+        return early.cache_dir
     return str(tmp_path_factory.mktemp("mypy-cache"))
 
 
 @pytest.mark.slow
-def test_mypy_strict_on_the_package(mypy_cache):
-    r = subprocess.run([_tool("mypy"), "--no-error-summary", "--cache-dir", mypy_cache], cwd=ROOT,
+def test_mypy_strict_on_the_package(request, mypy_cache):
+    early = early_mypy.get(request.config)
+    if early is not None:  # started when collection ended, beside the tests before this one
+        rc, out = early.result()
+        assert rc == 0, out[-6000:]
+        return
+    r = subprocess.run(early_mypy.package_command(_tool("mypy"), mypy_cache), cwd=ROOT,
                        capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
