@@ -128,12 +128,13 @@ class ParitySession:
 
     def functional_gaps(self) -> list[int]:
         """Chunks between the first and the last with stored caches that store none (``has_caches: false``):
-        functional mode leaves them out, which a header line says."""
+        functional mode leaves them out, which a header line says (only those --chunks selects)."""
         have = self.reference.chunks_with_caches()
         if not have:
             return []
         stored = set(have)
-        return [k for k in self.reference.chunk_ids if have[0] < k < have[-1] and k not in stored]
+        gaps = [k for k in self.reference.chunk_ids if have[0] < k < have[-1] and k not in stored]
+        return self.cfg.chunks.filter(gaps) if self.cfg.chunks else gaps
 
     def closed_loop_chunks(self) -> list[int]:
         ids = self.reference.chunk_ids
