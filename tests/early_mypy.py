@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_ID = "tests/test_static_checks.py::test_mypy_strict_on_the_package"
 
 
-def mypy_executable() -> str | None:
-    exe = shutil.which("mypy") or str(Path(sys.executable).with_name("mypy"))
+def tool_path(name: str) -> str | None:
+    """A dev tool's executable (on PATH, or beside this Python), or None where it is not installed."""
+    exe = shutil.which(name) or str(Path(sys.executable).with_name(name))
     return exe if os.path.exists(exe) else None
 
 
@@ -54,7 +55,7 @@ def start(session: pytest.Session) -> None:
         return
     if not any(item.nodeid == TEST_ID for item in session.items):
         return
-    mypy = mypy_executable()
+    mypy = tool_path("mypy")
     if mypy is None:
         return  # the test skips with its reason
     cache_dir = tempfile.mkdtemp(prefix="streamparity-mypy-cache-")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -13,8 +12,8 @@ from tests.conftest import ROOT
 
 
 def _tool(name: str) -> str:
-    exe = shutil.which(name) or str(__import__("pathlib").Path(sys.executable).with_name(name))
-    if not __import__("os").path.exists(exe):
+    exe = early_mypy.tool_path(name)
+    if exe is None:
         pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
     return exe
 

@@ -122,9 +122,12 @@ class ParitySession:
             check_onnx_file(self.contract, self.onnx)
 
     # -- selection --------------------------------------------------------------------
-    def functional_chunks(self) -> list[int]:
-        ids = self.reference.chunks_with_caches()
+    def _chosen(self, ids: list[int]) -> list[int]:
+        """The chunks of `ids` that --chunks selects (all without it)."""
         return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids
+
+    def functional_chunks(self) -> list[int]:
+        return self._chosen(self.reference.chunks_with_caches())
 
     def functional_gaps(self) -> list[int]:
         """Chunks between the first and the last with stored caches that store none (``has_caches: false``):
@@ -133,12 +136,10 @@ class ParitySession:
         if not have:
             return []
         stored = set(have)
-        gaps = [k for k in self.reference.chunk_ids if have[0] < k < have[-1] and k not in stored]
-        return self.cfg.chunks.filter(gaps) if self.cfg.chunks else gaps
+        return self._chosen([k for k in self.reference.chunk_ids if have[0] < k < have[-1] and k not in stored])
 
     def closed_loop_chunks(self) -> list[int]:
-        ids = self.reference.chunk_ids
-        return self.cfg.chunks.filter(ids) if self.cfg.chunks else ids
+        return self._chosen(self.reference.chunk_ids)
 
     def no_chunks_reason(self, mode: str) -> str:
         sel = self.cfg.chunks.text if self.cfg.chunks else "all"

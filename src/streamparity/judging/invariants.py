@@ -40,6 +40,14 @@ def _dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name)
 
 
+def _nonfinite(a: np.ndarray) -> int:
+    """NaN/Inf values of a float array (one isfinite pass where there are none)."""
+    if a.dtype.kind != "f":
+        return 0
+    finite = np.isfinite(a)
+    return 0 if finite.all() else int(a.size - np.count_nonzero(finite))
+
+
 def _scalar_per_batch(a: np.ndarray) -> list[int]:
     return [int(x) for x in np.asarray(a).reshape(-1)]
 
@@ -85,10 +93,9 @@ def check_outputs(
                                      f"{spec.shape_str()})"))
             elif want == "B" and batch is not None and got != batch:
                 out.append(Violation(chunk, spec.name, f"batch dim {axis} is {got}, input batch is {batch}"))
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            bad = int((~np.isfinite(a)).sum())
-            if bad:
-                out.append(Violation(chunk, spec.name, f"{bad} non-finite values (NaN/Inf)"))
+        bad = _nonfinite(a)
+        if bad:
+            out.append(Violation(chunk, spec.name, f"{bad} non-finite values (NaN/Inf)"))
         if spec.role == ROLE_ENCODED and a.ndim >= 1 and a.shape[-1] != s.valid_out_len:
             out.append(Violation(chunk, spec.name, f"time dim {a.shape[-1]} != valid_out_len {s.valid_out_len}"))
         if spec.role == ROLE_ENCODED_LEN:
@@ -149,8 +156,7 @@ def check_inputs(contract: Contract, chunk: int, inputs: Mapping[str, np.ndarray
             want_t = s.frames_for(chunk)
             if a.shape[-1] != want_t:
                 out.append(Violation(chunk, spec.name, f"{a.shape[-1]} frames, contract schedule says {want_t}"))
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            bad = int((~np.isfinite(a)).sum())
-            if bad:
-                out.append(Violation(chunk, spec.name, f"{bad} non-finite values (NaN/Inf)"))
+        bad = _nonfinite(a)
+        if bad:
+            out.append(Violation(chunk, spec.name, f"{bad} non-finite values (NaN/Inf)"))
     return out

@@ -27,6 +27,11 @@ def worst_outcome(*outcomes: Outcome) -> Outcome:
     return worst(*judged)  # type: ignore[arg-type]
 
 
+def fails(verdict: Outcome, fail_on_warn: bool) -> bool:
+    """Whether a result with this verdict fails its test: a fail, or a warn under ``--fail-on-warn``."""
+    return verdict == "fail" or (fail_on_warn and verdict == "warn")
+
+
 def label(outcome: Outcome) -> str:
     """How tables spell an outcome: PASS, WARN, FAIL, SKIP."""
     return outcome.upper()

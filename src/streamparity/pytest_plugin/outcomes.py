@@ -17,7 +17,7 @@ from streamparity.backends.external import options as ext_options
 from streamparity.drivers.selection import selection_text
 from streamparity.environment import placement
 from streamparity.errors import BackendUnavailable, StreamparityError
-from streamparity.judging.verdict import worst
+from streamparity.judging.verdict import fails, worst
 from streamparity.judging.wording import describe_chunk
 from streamparity.pytest_plugin.repro import loaded_plugins, repro_line
 from streamparity.pytest_plugin.session import PROPERTY, plugin_session
@@ -133,10 +133,6 @@ def chunk_summary(res: ChunkResult) -> ChunkSummary:
     return ChunkSummary.of(res, placement(res.device))
 
 
-def _fails(c: ChunkResult, fail_on_warn: bool) -> bool:
-    return c.verdict == "fail" or (fail_on_warn and c.verdict == "warn")
-
-
 def _bundle_repro(request: pytest.FixtureRequest, spec: BackendSpec, bundle: Path) -> str:
     plugins = [f"--plugin={name}" for name in loaded_plugins(request.config)]
     return "repro: " + shlex.join(["streamparity", *plugins, "repro", str(bundle), "--backend", spec.id,
@@ -182,9 +178,9 @@ def judge(request: pytest.FixtureRequest, session: ParitySession, spec: BackendS
         pytest.fail(f"{spec.id} {mode}: chunk {chunk} was not run", pytrace=False)
     record(request, chunk_summary(res))
     fail_on_warn = plugin_session(request.config).fail_on_warn
-    if _fails(res, fail_on_warn):
+    if fails(res.verdict, fail_on_warn):
         selected = set(session.selected(mode))
-        failing = [c.chunk for c in run.chunks if c.chunk in selected and _fails(c, fail_on_warn)]
+        failing = [c.chunk for c in run.chunks if c.chunk in selected and fails(c.verdict, fail_on_warn)]
         rank, limit = failing.index(chunk), int(request.config.option.max_chunk_failures)
         if limit and rank >= limit:  # past the first few: one line, no bundle (unless asked)
             _past_the_limit(request, session, res)
@@ -216,9 +212,10 @@ def judge_run(request: pytest.FixtureRequest, session: ParitySession, spec: Back
     results = [by_chunk[k] for k in selected if k in by_chunk]
     props.extend((PROPERTY, chunk_summary(res).to_dict()) for res in results)
     fail_on_warn = plugin_session(request.config).fail_on_warn
-    failing = [res for res in results if _fails(res, fail_on_warn)]
+    failing = [res for res in results if fails(res.verdict, fail_on_warn)]
+    failing_ids = selection_text([res.chunk for res in failing])
     props += [("verdict", worst(*(res.verdict for res in results))), ("chunks", str(len(results))),
-              ("failed_chunks", selection_text([res.chunk for res in failing]))]
+              ("failed_chunks", failing_ids)]
     missing = [k for k in selected if k not in by_chunk]
     if missing:
         pytest.fail(f"{spec.id} {mode}: {len(missing)} selected chunk(s) were not run: {selection_text(missing)}",
@@ -226,8 +223,7 @@ def judge_run(request: pytest.FixtureRequest, session: ParitySession, spec: Back
     if not failing:
         return
     limit = int(request.config.option.max_chunk_failures) or len(failing)
-    lines = [f"[{spec.id} {mode}] {len(failing)} of {len(results)} chunks fail: "
-             f"{selection_text([r.chunk for r in failing])}"]
+    lines = [f"[{spec.id} {mode}] {len(failing)} of {len(results)} chunks fail: {failing_ids}"]
     for res in failing[:limit]:
         lines += _described(request, session, spec, res)
     rest = failing[limit:]
@@ -241,7 +237,7 @@ def judge_run(request: pytest.FixtureRequest, session: ParitySession, spec: Back
             lines.append(f"... and {len(rest) - ONE_LINERS} more: chunks "
                          f"{selection_text([r.chunk for r in rest[ONE_LINERS:]])} (summary.json has each)")
     if len(failing) > 1:
-        lines.append(_repro(request, session, spec, selection_text([r.chunk for r in failing])).replace(
+        lines.append(_repro(request, session, spec, failing_ids).replace(
             "repro:", "repro (every failing chunk):", 1))
     pytest.fail("\n".join(lines), pytrace=False)
 

@@ -17,8 +17,8 @@ def repro_line(config: pytest.Config, cfg: SessionConfig, nodeid: str, spec: Bac
                chunk: int | str | None) -> str:
     """The node id made relative to the invocation directory, and every option that changes what is judged.  A
     per-chunk case reruns that chunk (``chunk``: an id, or a selection such as ``3-7,40``); a run-level case (gates,
-    stability) reruns the same chunk selection.  Its
-    reports go to ``<report-dir>/repro``, so pasting the line does not overwrite the failing run's summary."""
+    stability) reruns the same chunk selection.  Its reports go to ``<report-dir>/repro``, so pasting the line does
+    not overwrite the failing run's summary."""
     opt = config.option
     path, sep, rest = nodeid.partition("::")
     here = Path(str(config.invocation_params.dir))

@@ -12,6 +12,7 @@ from streamparity.backends.base import BackendSpec
 from streamparity.drivers.progress import attach_terminal_progress
 from streamparity.environment import environment
 from streamparity.errors import BackendUnavailable, StreamparityError
+from streamparity.judging.verdict import fails
 from streamparity.pytest_plugin import engine_options
 from streamparity.pytest_plugin.options import REBUILD_SINCE_KEY, check_rootdir, register_markers, session_config
 from streamparity.reports.collector import SummaryCollector
@@ -168,8 +169,7 @@ class PluginSession:
 
     def _outcome_of(self, outcome: str, rec: object) -> str:
         """A chunk's own outcome: a run-level test that failed holds chunks that passed."""
-        if outcome == "failed" and isinstance(rec, ChunkSummary) and not (
-                rec.verdict == "fail" or (self.fail_on_warn and rec.verdict == "warn")):
+        if outcome == "failed" and isinstance(rec, ChunkSummary) and not fails(rec.verdict, self.fail_on_warn):
             return "passed"
         return outcome
 
