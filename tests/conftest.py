@@ -29,6 +29,20 @@ TINY_REFERENCE = ROOT / "fixtures" / "tiny" / "reference.jsonl"
 pytest_plugins = ["pytester"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_memo_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What streamparity.memo remembers during the self-tests (and in their subprocesses) stays in a folder of
+    theirs, not in the user's ~/.cache.  A fixture, not a configure hook: this conftest is loaded for
+    ``pytest -m parity`` too, whose runs use the user's memo as a user's would."""
+    before = os.environ.get("STREAMPARITY_CACHE_DIR")
+    os.environ["STREAMPARITY_CACHE_DIR"] = str(tmp_path_factory.mktemp("memo"))
+    yield
+    if before is None:
+        os.environ.pop("STREAMPARITY_CACHE_DIR", None)
+    else:
+        os.environ["STREAMPARITY_CACHE_DIR"] = before
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     if any(item.nodeid.startswith("tests/test_static_checks.py::") for item in session.items):
         from tests import early_mypy

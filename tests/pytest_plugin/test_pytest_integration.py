@@ -209,7 +209,10 @@ def test_closed_loop_items_is_validated(run_pytest_inprocess):
 
 
 def test_a_run_with_tests_of_its_own_is_not_frozen(tmp_path, run_pytest_inprocess) -> None:
-    """gc.freeze only in a run of parity tests alone: another test's garbage collection must behave as always."""
+    """gc.freeze only in a run of parity tests alone: another test's garbage collection must behave as always,
+    also after a parity run in the same process left its freeze in place (gc_policy)."""
+    parity = run_pytest_inprocess("-m", "parity", "--collect-only", "-q", f"--report-dir={tmp_path / 'r'}")
+    assert parity.returncode == 0, parity.stdout + parity.stderr
     t = tmp_path / "test_gc_user.py"
     t.write_text("import gc, weakref\n\n\nclass Node:\n    pass\n\n\n"
                  "def test_a_dropped_cycle_is_collected():\n"

@@ -89,16 +89,18 @@ def test_an_error_is_raised_at_its_chunk_and_not_before(tmp_path: Path) -> None:
 def test_leaving_early_stops_the_reads() -> None:
     """Reads queued behind a running one never start once the caller leaves; the running one is waited for."""
     started: list[int] = []
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     def read(k: int) -> int:
         started.append(k)
         if k:
+            running.set()
             gate.wait(10)  # read 1 runs while the caller leaves; reads 2 and 3 wait in the queue
         return k
 
     it = prefetched(read, list(range(100)), depth=4, workers=1)
     assert next(it) == 0
+    assert running.wait(10)  # read 1 has started (the worker may not have picked it up when chunk 0 came back)
     threading.Timer(0.3, gate.set).start()
     it.close()  # cancels the queued reads, then waits for read 1 (released by the timer)
     assert started == [0, 1]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
-from streamparity import strictjson
+from streamparity import memo, strictjson
 from streamparity.contract.markers import json_path, undecided_fields
 from streamparity.contract.model import (
     CACHE_ROLES,
@@ -37,6 +36,9 @@ from streamparity.contract.model import (
     Tolerance,
 )
 from streamparity.errors import ContractError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 @lru_cache(maxsize=1)
@@ -71,9 +73,15 @@ def _is_integer(checker: Any, instance: Any) -> bool:
     return type(instance) is int
 
 
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    """The schema's validator (jsonschema is imported here: a contract found in :mod:`schema_memo` needs none)."""
+    import jsonschema
+
+    cls = jsonschema.validators.extend(
+        jsonschema.Draft202012Validator,
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer))
+    return cls(schema())
 
 
 def schema_violations(doc: Any) -> list[tuple[str, str]]:
@@ -81,7 +89,7 @@ def schema_violations(doc: Any) -> list[tuple[str, str]]:
     # JSON Schema's "number" lets NaN through, and a NaN tolerance passes every comparison
     found = [(json_path(p), "NaN and Infinity are not valid numbers in a contract") for p in _nonfinite(doc)]
     found += [(json_path(p), f"integer out of range (at most {INT_BOUND} in magnitude)") for p in _big_ints(doc)]
-    validator = _Validator(schema())
+    validator = _validator()
     errors = sorted((leaf for e in validator.iter_errors(doc) for leaf in _leaves(e)),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     return found + [(json_path(e.absolute_path), _short(e.message)) for e in errors]
@@ -101,9 +109,43 @@ def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]
     return [leaf for c in branch for leaf in _leaves(c)] or [err]
 
 
+_MEMO_KIND = "contract-schema-valid"
+
+
+@lru_cache(maxsize=1)
+def _proof_inputs() -> tuple[bytes, ...]:
+    """What a schema verdict depends on besides the document: the schema, this module's code (the validator and
+    the NaN and integer checks), jsonschema's version."""
+    from streamparity.environment import installed_version
+
+    schema_bytes = resources.files("streamparity").joinpath("contract/schema/contract.schema.json").read_bytes()
+    code = Path(sys.modules[__name__].__file__ or "").read_bytes()
+    return schema_bytes, code, (installed_version("jsonschema") or "unknown").encode()
+
+
+def _memo_key(doc: Any) -> str | None:
+    """The document's key in :mod:`streamparity.memo`: its canonical JSON (``1`` and ``1.0``, ``true`` and ``1``
+    stay apart, as the validator keeps them apart) with :func:`_proof_inputs`; None for a document with NaN or
+    Infinity (never valid) or that has no JSON form."""
+    try:
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return memo.key(canonical.encode("utf-8"), *_proof_inputs())
+
+
 def validate_document(doc: Any, file: str) -> None:
+    """Raises one :class:`ContractError` naming the first schema violation (and up to three more).  A document
+    proven valid before is found in :mod:`streamparity.memo` and not validated again: jsonschema's import and a
+    validation cost ~50 ms of an embedded parity run."""
+    key = _memo_key(doc)
+    if key is not None and memo.proven(_MEMO_KIND, key):
+        return
     errors = schema_violations(doc)
-    if errors:
+    if not errors:
+        if key is not None:
+            memo.remember(_MEMO_KIND, key)
+    else:
         where, message = errors[0]
         shown = "; ".join(f"{p}: {m}" for p, m in errors[1:4])
         more = f" (also {_short(shown, 120)})" if shown else ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from streamparity.drivers.progress import attach_terminal_progress
 from streamparity.environment import environment
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.judging.verdict import fails
-from streamparity.pytest_plugin import engine_options
+from streamparity.pytest_plugin import engine_options, gc_policy
 from streamparity.pytest_plugin.options import REBUILD_SINCE_KEY, check_rootdir, register_markers, session_config
 from streamparity.reports.collector import SummaryCollector
 from streamparity.reports.run_dir import ReportDirError, RunDir
@@ -55,12 +54,12 @@ class PluginSession:
         self.collector = SummaryCollector()
         self._parity: ParitySession | StreamparityError | None = None
         self.run_dir: RunDir | None = None
-        self._frozen = False  # whether pytest_collection_finish froze the collected objects (gc.freeze)
         self._parity_tests = False  # whether a test marked parity reported (in the xdist controller too)
 
     @classmethod
     def configure(cls, config: pytest.Config) -> None:
         register_markers(config)
+        gc_policy.at_configure()
         session = cls(config)
         config.stash[_KEY] = session
         config.pluginmanager.register(session, "streamparity-session")  # for pytest_runtest_logreport
@@ -217,23 +216,9 @@ class PluginSession:
             self._parity.close()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        """In a run of parity tests only (every item uses the ``parity`` fixture): what exists once they are
-        collected (modules, items, the contract) lives for the whole run, so it is put out of the garbage
-        collector's sight (``gc.freeze``, after a collection: no garbage is pinned) and every full collection
-        during the run no longer walks it (~7% of an embedded parity run).  A run with any other test, or one
-        inside a process that froze objects itself, is left as it is.  Given back at unconfigure."""
-        items = session.items
-        if not items or gc.get_freeze_count() or \
-                not all("parity" in getattr(i, "fixturenames", ()) for i in items):
-            return
-        gc.collect()
-        gc.freeze()
-        self._frozen = True
+        gc_policy.at_collection_finish(session.items)
 
     def pytest_unconfigure(self) -> None:
-        if self._frozen:
-            gc.unfreeze()
-            self._frozen = False
         if self.run_dir is not None:  # no report was written (or it failed): the marker stays incomplete
             self.run_dir.close(complete=False)
 
