@@ -28,6 +28,15 @@ MARKERS = {
     "trt": "needs TensorRT",
     "slow": "slow tests (minutes)",
 }
+PRODUCT_MARKERS = frozenset(MARKERS) - {"slow"}
+
+
+def is_product_test(item: pytest.Item) -> bool:
+    """A test of the product: one that uses the ``parity`` fixture or carries a product marker."""
+    return "parity" in getattr(item, "fixturenames", ()) or any(
+        m.name in PRODUCT_MARKERS for m in item.iter_markers())
+
+
 DEFAULT_BACKENDS = ("ort-cpu-fp32", "ort-cpu-fp16", "trt-cuda-fp32", "trt-cuda-fp16")
 PATH_OPTIONS = ("--contract", "--onnx", "--reference", "--offline-reference", "--report-dir", "--engine-dir",
                 *paired_options.PATH_OPTIONS)

@@ -13,7 +13,13 @@ from streamparity.environment import environment
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.judging.verdict import fails
 from streamparity.pytest_plugin import engine_options, gc_policy
-from streamparity.pytest_plugin.options import REBUILD_SINCE_KEY, check_rootdir, register_markers, session_config
+from streamparity.pytest_plugin.options import (
+    REBUILD_SINCE_KEY,
+    check_rootdir,
+    is_product_test,
+    register_markers,
+    session_config,
+)
 from streamparity.reports.collector import SummaryCollector
 from streamparity.reports.run_dir import ReportDirError, RunDir
 from streamparity.results.records import CLOSED_LOOP, FUNCTIONAL, MODES, ChunkSummary, record_from_dict
@@ -64,7 +70,7 @@ class PluginSession:
         config.stash[_KEY] = session
         config.pluginmanager.register(session, "streamparity-session")  # for pytest_runtest_logreport
         check_rootdir(config)
-        session.open_report_dir()
+        session.check_report_dir()
         if not (getattr(config.option, "help", False) or getattr(config.option, "version", False)):
             # bad inputs now, as one usage error, not as collection tracebacks
             engine_options.check_supplied_engines(config, session.parity().contract)
@@ -80,12 +86,26 @@ class PluginSession:
             raise pytest.UsageError(f"streamparity: {self._parity}")
         return self._parity
 
-    def open_report_dir(self) -> None:
-        """The controller owns the report directory for the run: checked, locked and cleared now, before any test
-        runs (a collect-only or help run writes no report and leaves it alone)."""
+    def _owns_report_dir(self) -> bool:
+        """The controller owns the report directory (a collect-only or help run writes no report)."""
         opt = self.config.option
-        if hasattr(self.config, "workerinput") or opt.collectonly or getattr(opt, "help", False) \
-                or getattr(opt, "version", False):
+        return not (hasattr(self.config, "workerinput") or opt.collectonly or getattr(opt, "help", False)
+                    or getattr(opt, "version", False))
+
+    def check_report_dir(self) -> None:
+        """At configure: a report directory that could not be written is a usage error before collection; nothing
+        is created yet (a run of other tests leaves no trace)."""
+        if not self._owns_report_dir():
+            return
+        try:
+            RunDir(self.cfg.report_dir).check()
+        except ReportDirError as e:
+            raise pytest.UsageError(f"streamparity: {e}") from None
+
+    def open_report_dir(self) -> None:
+        """Once the run is known to hold product tests, before any test runs: the report directory is locked and
+        an earlier run's files are cleared (:class:`RunDir`)."""
+        if self.run_dir is not None or not self._owns_report_dir():
             return
         self.run_dir = RunDir(self.cfg.report_dir)
         try:
@@ -217,6 +237,15 @@ class PluginSession:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         gc_policy.at_collection_finish(session.items)
+        if any(is_product_test(i) for i in session.items):
+            self.open_report_dir()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """The xdist controller collects nothing itself and sees only test ids: it takes the report directory
+        when the first worker has collected tests, before any of them runs."""
+        if ids:
+            self.open_report_dir()
 
     def pytest_unconfigure(self) -> None:
         if self.run_dir is not None:  # no report was written (or it failed): the marker stays incomplete
