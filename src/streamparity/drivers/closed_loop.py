@@ -83,6 +83,11 @@ class _Deferred:
                 stream.release_state(self.kept)
 
 
+def broken_later(at: int) -> str:
+    """The error of a chunk after the one that broke the stream (it was not run)."""
+    return f"stream broke at chunk {at} (not run; the error is on chunk {at})"
+
+
 def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *, upto: int | None = None,
                     keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None,
                     fetch_all_caches: bool = False, judge_workers: int | None = None) -> RunResult:
@@ -116,14 +121,15 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
         type(stream).state_snapshot is not Stream.state_snapshot
     results: list[ChunkResult] = []
     broken: str | None = None
+    broken_at = -1
     try:
         for pos, rec in enumerate(ref.iter_chunks(ids)):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
                 deferred.popleft().settle(results, stream)
-            if broken:
+            if broken:  # not run: said in one line, the error itself is on the chunk that broke the stream
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision,
-                            device=backend.device, error=broken))
+                            device=backend.device, error=broken_later(broken_at)))
                 continue
             # the big caches come back only where the reference stores some to compare with
             fetch = fetch_all_caches or any(n in rec.outputs for n in big)
@@ -137,7 +143,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             except Exception as e:
                 if kept is not None:
                     stream.release_state(kept)
-                broken = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
+                broken, broken_at = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}", rec.chunk
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision,
                             device=backend.device, error=broken))

@@ -166,4 +166,6 @@ def test_runtime_fault_is_one_verdict_naming_the_chunk(toy, fault, why, stderr, 
     else:  # the stream stops: later chunks say where it broke
         assert [c.chunk for c in bad] == list(range(7, 12))
         assert all(c.error and c.error.startswith("stream broke at chunk 7") for c in bad)
+        # later chunks were not run: one short line each, the runtime's error (command, stderr) only on chunk 7
+        assert all(c.error == "stream broke at chunk 7 (not run; the error is on chunk 7)" for c in bad[1:])
     assert not live_processes(str(exe)), "a runtime process outlived its backend"

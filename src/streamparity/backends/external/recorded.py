@@ -26,7 +26,7 @@ from streamparity.contract.model import (
     ROLE_LENGTH,
     Contract,
 )
-from streamparity.drivers.closed_loop import initial_state
+from streamparity.drivers.closed_loop import broken_later, initial_state
 from streamparity.errors import StreamparityError
 from streamparity.reference.reader import ChunkRecord, ReferenceFile
 from streamparity.reference.writer import ReferenceWriter
@@ -78,6 +78,9 @@ def record(backend: Backend, contract: Contract, ref: ReferenceFile, out_dir: Pa
                         continue
                     except Exception as e:
                         broken = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
+                        w.write(rec.chunk, {"has_caches": False, "error": broken}, feeds, {})
+                        broken = broken_later(rec.chunk)
+                        continue
                 w.write(rec.chunk, {"has_caches": False, "error": broken}, feeds, {})
         finally:
             stream.close()
