@@ -18,6 +18,7 @@ from streamparity.backends.registry import create_backend, parse_backend_spec
 from streamparity.contract.loading import load_contract
 from streamparity.contract.model import ROLE_ENCODED, Contract
 from streamparity.contract.model_io import check_onnx_file
+from streamparity.drivers.bundle_policy import BundlePolicy
 from streamparity.drivers.closed_loop import run_closed_loop
 from streamparity.drivers.functional import run_functional
 from streamparity.drivers.progress import Progress
@@ -47,6 +48,10 @@ class SessionConfig:
     rebuild_since: float | None = None
     engines: dict[str, Path] = field(default_factory=dict)
     """Supplied plans by backend id (--engine=ID=PATH): loaded as they are, never rebuilt."""
+    bundle_limit: int | None = None
+    """Failing chunks per run that keep their bundle in memory (--max-chunk-failures; None: every one)."""
+    fail_on_warn: bool = False
+    """Whether a warn verdict fails (--fail-on-warn): those chunks get bundles too."""
 
 
 def _require_file(path: Path, what: str, field: str) -> None:
@@ -184,18 +189,23 @@ class ParitySession:
             if mode == FUNCTIONAL:
                 chunks = self.functional_chunks()
                 bar = self.progress(f"{spec.id} {mode}", len(chunks)) if self.progress else None
-                self._runs[key] = run_functional(b, self.contract, self.reference, chunks, on_step=bar)
+                self._runs[key] = run_functional(b, self.contract, self.reference, chunks, on_step=bar,
+                                                 bundles=self._bundle_policy(chunks))
             elif mode == CLOSED_LOOP:
                 sel = self.closed_loop_chunks()
                 upto = max(sel) if sel else -1
                 bar = self.progress(f"{spec.id} {mode}", sum(1 for k in self.reference.chunk_ids if k <= upto)) \
                     if self.progress else None
-                self._runs[key] = run_closed_loop(b, self.contract, self.reference, upto=upto, on_step=bar)
+                self._runs[key] = run_closed_loop(b, self.contract, self.reference, upto=upto, on_step=bar,
+                                                  bundles=self._bundle_policy(sel))
             else:
                 raise ValueError(mode)
             if bar is not None:
                 bar.done()
         return self._runs[key]
+
+    def _bundle_policy(self, selected: list[int]) -> BundlePolicy:
+        return BundlePolicy.of(self.cfg.bundle_limit, self.cfg.fail_on_warn, selected)
 
     # -- run-level gates --------------------------------------------------------------
     def selected(self, mode: str) -> list[int]:

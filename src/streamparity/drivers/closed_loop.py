@@ -21,6 +21,7 @@ from streamparity.contract.model import (
     ROLE_LENGTH,
     Contract,
 )
+from streamparity.drivers.bundle_policy import BundlePolicy
 from streamparity.judging.chunks import judge_chunk
 from streamparity.reference.reader import ChunkRecord, ReferenceFile
 from streamparity.results.records import CLOSED_LOOP, ChunkResult, RunResult
@@ -68,13 +69,13 @@ class _Deferred:
                  kept: Any, outputs: dict[str, np.ndarray] | None) -> None:
         self.at, self.future, self.ms, self.feeds, self.kept, self.outputs = at, future, ms, feeds, kept, outputs
 
-    def settle(self, results: list[ChunkResult], stream: Stream) -> None:
-        """The judged result in its place; a failing chunk gets its bundle (the kept state comes to the host
-        only then)."""
+    def settle(self, results: list[ChunkResult], stream: Stream, bundles: BundlePolicy) -> None:
+        """The judged result in its place; a failing chunk the policy wants gets its bundle (the kept state comes
+        to the host only then)."""
         try:
             r = self.future.result()
             r.step_ms = self.ms
-            if self.feeds is not None and self.outputs is not None and r.verdict == "fail":
+            if self.feeds is not None and self.outputs is not None and bundles.wants(r):
                 state = stream.kept_state(self.kept) if self.kept is not None else {}
                 r.bundle_inputs, r.bundle_outputs = {**state, **self.feeds}, self.outputs
             results[self.at] = r
@@ -90,7 +91,8 @@ def broken_later(at: int) -> str:
 
 def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *, upto: int | None = None,
                     keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None,
-                    fetch_all_caches: bool = False, judge_workers: int | None = None) -> RunResult:
+                    fetch_all_caches: bool = False, judge_workers: int | None = None,
+                    bundles: BundlePolicy | None = None) -> RunResult:
     """The backend's own caches fed back from chunk 0 through `upto` (default: the whole reference).
 
     Per chunk only audio + length go in; the big caches come back only on chunks where the reference stores
@@ -101,8 +103,11 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     expensive ones (two full-size caches compared), while the loop runs the next chunks; such a chunk's state
     is kept before it runs (:meth:`Stream.keep_state`: a device copy on device-resident streams), for its
     bundle.  The results are the same, in the same order; everything judged in threads is collected before the
-    next chunk judged inline, so a judging error is raised before any later chunk's."""
+    next chunk judged inline, so a judging error is raised before any later chunk's.
+
+    `bundles` says which failing chunks keep what their bundle needs (default: every failing one)."""
     t0 = time.perf_counter()
+    policy = bundles if bundles is not None else BundlePolicy()
     ids = ref.chunk_ids
     if upto is not None:
         ids = [k for k in ids if k <= upto]
@@ -125,7 +130,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     try:
         for pos, rec in enumerate(ref.iter_chunks(ids)):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
-                deferred.popleft().settle(results, stream)
+                deferred.popleft().settle(results, stream, policy)
             if broken:  # not run: said in one line, the error itself is on the chunk that broke the stream
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision,
@@ -164,20 +169,20 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision, device=backend.device))  # settled below
                 while len(deferred) > JUDGE_LAG_PER_WORKER * workers:
-                    deferred.popleft().settle(results, stream)
+                    deferred.popleft().settle(results, stream, policy)
                 continue
             while deferred:  # chunks judged in threads come first: their errors, their place
-                deferred.popleft().settle(results, stream)
+                deferred.popleft().settle(results, stream, policy)
             r = judge()
             r.step_ms = ms
-            if keep_bundles and r.verdict == "fail":
+            if keep_bundles and policy.wants(r):
                 feeds = dict(snapshot if snapshot_each else stream.previous_state() or {})
                 feeds[audio_name] = rec.inputs[audio_name]
                 feeds[length_name] = rec.inputs[length_name]
                 r.bundle_inputs, r.bundle_outputs = feeds, stream.complete_outputs(out)
             results.append(r)
         while deferred:
-            deferred.popleft().settle(results, stream)
+            deferred.popleft().settle(results, stream, policy)
     finally:
         stream.close()
         if judges is not None:

@@ -7,15 +7,19 @@ from collections.abc import Callable, Iterable
 
 from streamparity.backends.base import Backend
 from streamparity.contract.model import ROLE_CACHE_LEN, Contract
+from streamparity.drivers.bundle_policy import BundlePolicy
 from streamparity.judging.chunks import judge_chunk
 from streamparity.reference.reader import ReferenceFile
 from streamparity.results.records import FUNCTIONAL, ChunkResult, RunResult
 
 
 def run_functional(backend: Backend, contract: Contract, ref: ReferenceFile, chunks: Iterable[int], *,
-                   keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None) -> RunResult:
-    """Reference caches in, every chunk independently; `on_step(chunk, ms)` after each chunk run."""
+                   keep_bundles: bool = True, on_step: Callable[[int, float], None] | None = None,
+                   bundles: BundlePolicy | None = None) -> RunResult:
+    """Reference caches in, every chunk independently; `on_step(chunk, ms)` after each chunk run; `bundles`
+    says which failing chunks keep what their bundle needs (default: every failing one)."""
     t0 = time.perf_counter()
+    policy = bundles if bundles is not None else BundlePolicy()
     results: list[ChunkResult] = []
     len_in = contract.input_by_role(ROLE_CACHE_LEN).name
     for k in chunks:
@@ -43,7 +47,7 @@ def run_functional(backend: Backend, contract: Contract, ref: ReferenceFile, chu
                             device=backend.device,
                         cache_len_in=feeds[len_in], stream_position=None, inputs=feeds)
         r.step_ms = ms
-        if keep_bundles and r.verdict == "fail":
+        if keep_bundles and policy.wants(r):
             r.bundle_inputs, r.bundle_outputs = dict(feeds), dict(out)
         results.append(r)
     return RunResult(backend.id, backend.precision, FUNCTIONAL, results, backend.describe(),

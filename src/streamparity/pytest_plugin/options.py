@@ -150,6 +150,8 @@ def session_config(config: pytest.Config) -> SessionConfig:
         rebuild_engines=opt.rebuild_engines,
         rebuild_since=_rebuild_since(config) if opt.rebuild_engines else None,
         engines=engine_options.supplied_engines(config),
+        bundle_limit=None if opt.all_bundles or not opt.max_chunk_failures else int(opt.max_chunk_failures),
+        fail_on_warn=bool(opt.fail_on_warn),
     )
 
 
