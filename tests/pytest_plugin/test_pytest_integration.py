@@ -223,3 +223,11 @@ def test_a_run_with_tests_of_its_own_is_not_frozen(tmp_path, run_pytest_inproces
     assert r.returncode == 0, r.stdout + r.stderr
     # nor does a run of other tests write a parity report (it used to check the reference and write report.md)
     assert "streamparity: wrote" not in r.stdout and not (tmp_path / "reports" / "summary.json").exists()
+
+
+def test_chunks_given_twice_are_joined_not_replaced(run_pytest_inprocess) -> None:
+    r = run_pytest_inprocess("-m", "parity and functional", "--backend=ort-cpu-fp32", "--chunks=0-1",
+                             "--chunks=5", "--collect-only", "-q")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = [line.split("[")[1].rstrip("]") for line in r.stdout.splitlines() if "test_functional[" in line]
+    assert ids == ["ort-cpu-fp32-chunk000", "ort-cpu-fp32-chunk001", "ort-cpu-fp32-chunk005"], r.stdout

@@ -14,7 +14,7 @@ from streamparity.backends.external import options as ext_options
 from streamparity.backends.registry import parse_backend_spec, register_backend
 from streamparity.cli.validators import non_negative_int
 from streamparity.contract.shipped import contract_by_name_or_path, contract_registry, default_contract
-from streamparity.drivers.selection import parse_chunks
+from streamparity.drivers.selection import ChunkSelection, parse_chunks
 from streamparity.pytest_plugin import engine_options, paired_options
 from streamparity.session import SessionConfig
 
@@ -81,8 +81,9 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--backend", metavar="ID", type=_backend, action="append", default=None,
                 help="backend to test, repeatable: KIND-DEVICE-PRECISION, e.g. ort-cpu-fp32, ort-cpu-fp16, "
                      f"ort-cuda-fp32, trt-cuda-fp32, trt-cuda-fp16 (default: {' '.join(DEFAULT_BACKENDS)})")
-    g.addoption("--chunks", metavar="SEL", type=parse_chunks, default=None,
-                help="chunks to judge: N, A-B or a comma list such as 0-9,17 (default: all)")
+    g.addoption("--chunks", metavar="SEL", type=parse_chunks, default=None, action=_JoinedChunks,
+                help="chunks to judge: N, A-B or a comma list such as 0-9,17; repeatable, the selections are "
+                     "joined (default: all)")
     g.addoption("--report-dir", metavar="DIR", type=_path, default=None,
                 help="where summary.json, report.md and plots go (default: reports/)")
     g.addoption("--engine-dir", metavar="DIR", type=_path, default=None,
@@ -106,6 +107,18 @@ def add_options(parser: pytest.Parser) -> None:
     ext_options.add_options(g)
     engine_options.add_options(g)
     paired_options.add_options(g)
+
+
+class _JoinedChunks(argparse.Action):
+    """``--chunks=0-9 --chunks=17`` selects both, as ``--chunks=0-9,17`` (and ``--backend`` repeats): a second
+    ``--chunks`` (one in ``PYTEST_ADDOPTS``, one typed) never silently replaces the first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                  option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, None)
+        if before is not None and isinstance(values, ChunkSelection):
+            values = parse_chunks(f"{before.text},{values.text}")
+        setattr(namespace, self.dest, values)
 
 
 def register_markers(config: pytest.Config) -> None:
