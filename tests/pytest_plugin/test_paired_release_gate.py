@@ -87,7 +87,9 @@ def test_no_baseline_skips_with_the_reason(tmp_path: Path, run_pytest_inprocess:
 
 
 def test_missing_baseline_file_is_one_clear_line(tmp_path: Path, run_pytest_inprocess: Callable[..., Ran]) -> None:
-    p = run_pytest_inprocess(*GATE, f"--baseline-onnx={tmp_path / 'nope.onnx'}", f"--report-dir={tmp_path}")
-    assert p.returncode == 1, _out(p)
-    assert f"--baseline-onnx={tmp_path / 'nope.onnx'}: file not found" in p.stdout, _out(p)
-    assert "Traceback" not in p.stdout + p.stderr, _out(p)
+    """A usage error before collection, in any run (a parity run that does not select the gate included)."""
+    for args in (GATE, ("-m", "parity and functional", "--backend=ort-cpu-fp32", "--chunks=0", "-q")):
+        p = run_pytest_inprocess(*args, f"--baseline-onnx={tmp_path / 'nope.onnx'}", f"--report-dir={tmp_path}")
+        assert p.returncode == pytest.ExitCode.USAGE_ERROR, _out(p)
+        assert f"--baseline-onnx={tmp_path / 'nope.onnx'}: file not found" in p.stderr, _out(p)
+        assert "Traceback" not in p.stdout + p.stderr and "passed" not in p.stdout, _out(p)

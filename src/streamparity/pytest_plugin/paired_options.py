@@ -1,4 +1,4 @@
-"""Options of the paired latency release gate (tests/benchmarks/test_paired_latency.py).
+"""Options of the paired latency release gate (suite/benchmarks/test_paired_latency.py).
 
 ``add_options(group)`` adds them to pytest's streamparity option group; ``paired_options(config)`` reads
 and checks them, raising StreamparityError with one line naming the option.

@@ -12,7 +12,7 @@ from streamparity.drivers.progress import attach_terminal_progress
 from streamparity.environment import environment
 from streamparity.errors import BackendUnavailable, StreamparityError
 from streamparity.judging.verdict import fails
-from streamparity.pytest_plugin import engine_options, gc_policy
+from streamparity.pytest_plugin import engine_options, gc_policy, paired_options
 from streamparity.pytest_plugin.options import (
     REBUILD_SINCE_KEY,
     check_rootdir,
@@ -74,6 +74,10 @@ class PluginSession:
         if not (getattr(config.option, "help", False) or getattr(config.option, "version", False)):
             # bad inputs now, as one usage error, not as collection tracebacks
             engine_options.check_supplied_engines(config, session.parity().contract)
+            try:  # the paired gate's options too, whether or not its test is selected: a typo is not ignored
+                paired_options.paired_options(config)
+            except StreamparityError as e:
+                raise pytest.UsageError(f"streamparity: {e}") from None
 
     def parity(self) -> ParitySession:
         if self._parity is None:
