@@ -109,3 +109,19 @@ def test_a_file_rewritten_in_place_with_its_old_size_and_mtime_gets_a_new_digest
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
     assert file_sha256(f) != first
+
+
+def test_a_model_ort_refuses_is_one_line_with_its_reason(tmp_path: Path) -> None:
+    """ONNX Runtime's load errors lead with a C++ source location and signature (~250 characters for an
+    unreleased opset): the line keeps the reason, not the signature."""
+    m = onnx.load(str(TINY_ONNX))
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 99
+    path = tmp_path / "opset99.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelMismatch) as e:
+        OrtBackend(load_contract(TINY_CONTRACT), path)
+    text = str(e.value)
+    assert "Opset 99 is under development" in text and "Current official support for domain ai.onnx" in text
+    assert "std::" not in text and "model_load_utils" not in text and "\n" not in text and len(text) < 800

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,16 @@ from streamparity.backends.onnx_models import fp16_variant
 from streamparity.contract.model import ROLE_AUDIO, Contract
 from streamparity.contract.model_io import check_model_io
 from streamparity.errors import BackendUnavailable, ContractError, ModelMismatch
+
+_SOURCE_LOCATION = re.compile(r"[/\\][^\s:]+\.(?:h|hpp|cc|cpp):\d+ [^()]*\((?:[^()]|\([^()]*\))*\)\s*")
+"""ONNX Runtime's C++ source location and function signature before the reason, in its load errors."""
+
+
+def ort_reason(e: BaseException, limit: int = 600) -> str:
+    """ONNX Runtime's error as one line, without its source location and C++ signature (the opset-99 error's
+    reason comes after ~250 characters of signature), at most `limit` characters."""
+    text = " ".join(_SOURCE_LOCATION.sub(" ", str(e)).split()) or "no message"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class OrtBackend(Backend):
@@ -62,8 +73,8 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own exception types for unreadable or invalid models
-            raise ModelMismatch(f"ONNX Runtime cannot load the model ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:300]})", file=str(model)) from None
+            raise ModelMismatch(f"ONNX Runtime cannot load the model ({type(e).__name__}: {ort_reason(e)})",
+                                file=str(model)) from None
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             # ORT falls back to the CPU, with only a log line, when the CUDA provider's libraries fail to load
             raise BackendUnavailable("ONNX Runtime could not start its CUDAExecutionProvider (CUDA or cuDNN libraries "
