@@ -75,7 +75,7 @@ def _is_integer(checker: Any, instance: Any) -> bool:
 
 @lru_cache(maxsize=1)
 def _validator() -> Any:
-    """The schema's validator (jsonschema is imported here: a contract found in :mod:`schema_memo` needs none)."""
+    """The schema's validator (jsonschema is imported here: a contract found in :mod:`streamparity.memo` needs none)."""
     import jsonschema
 
     cls = jsonschema.validators.extend(
