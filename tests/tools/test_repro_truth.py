@@ -90,3 +90,12 @@ def test_bundle_metadata_of_the_wrong_type_is_an_error(stuck_bundles: Path, tmp_
     bundle = _rewrite(stuck_bundles / "ort-cpu-fp32-closed_loop-chunk001.npz", tmp_path / "b.npz",
                       meta_edit={key: value})
     _one_error_line(run_cli_inprocess("repro", str(bundle)), str(bundle), f"field 'meta.{key}'")
+
+
+def test_another_contract_is_named_as_the_cause(stuck_bundles: Path) -> None:
+    """--contract of another model: the error says which contract the bundle was judged under."""
+    bundle = stuck_bundles / "ort-cpu-fp32-functional-chunk001.npz"
+    other = Path(__file__).resolve().parents[2] / "contracts" / "parakeet-tdt-0.6b-v3.contract.json"
+    _one_error_line(run_cli_inprocess("repro", str(bundle), f"--contract={other}"), str(bundle),
+                    "judged under contract 'tiny-parakeet-streaming-encoder'", "leave --contract out",
+                    "field '--contract'")
