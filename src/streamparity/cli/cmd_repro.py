@@ -67,8 +67,9 @@ def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
 
     def refuse(what: str, names: list[str], field: str) -> None:
         if other:  # the cause: the tensor names differ because the model does
+            kind = "input" if field == "input" else "expected"
             raise StreamparityError(f"judged under contract {meta['contract_name']!r}, not {contract.name!r} "
-                                    f"(no {what.split()[0]} {names[0]}): leave --contract out",
+                                    f"(no {kind} {names[0]}): leave --contract out",
                                     file=file, chunk=int(meta["chunk"]), field="--contract")
         raise StreamparityError(f"bundle lacks {'the ' if field == 'expected' else ''}{what} {', '.join(names)}"
                                 + (": its verdict cannot be repeated" if field == "expected" else ""),
