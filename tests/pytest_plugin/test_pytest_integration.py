@@ -231,3 +231,18 @@ def test_chunks_given_twice_are_joined_not_replaced(run_pytest_inprocess) -> Non
     assert r.returncode == 0, r.stdout + r.stderr
     ids = [line.split("[")[1].rstrip("]") for line in r.stdout.splitlines() if "test_functional[" in line]
     assert ids == ["ort-cpu-fp32-chunk000", "ort-cpu-fp32-chunk001", "ort-cpu-fp32-chunk005"], r.stdout
+
+
+def test_an_installation_without_shipped_contracts_still_runs_other_tests(tmp_path, monkeypatch,
+                                                                          run_pytest_inprocess) -> None:
+    """An installed wheel holds no contracts/ or fixtures/: a pytest run of the user's own tests must not fail on
+    the plugin's missing default; a test that asks for the parity session fails with one line saying why."""
+    monkeypatch.setattr("streamparity.contract.shipped.contracts_folder", lambda: tmp_path / "not-installed")
+    t = tmp_path / "test_mine.py"
+    t.write_text("def test_mine():\n    assert True\n\n\ndef test_needs_parity(parity):\n    pass\n")
+    r = run_pytest_inprocess(str(t), "-q", "-p", "no:randomly", f"--rootdir={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 1 and "1 passed, 1 error" in r.stdout, r.stdout + r.stderr
+    assert "ships no contracts" in r.stdout and "pass --contract=PATH" in r.stdout and "Traceback" not in r.stdout
+    bad = run_pytest_inprocess(str(t), "-q", "-p", "no:randomly", f"--rootdir={tmp_path}",
+                               f"--contract={tmp_path / 'nope.json'}", cwd=tmp_path)
+    assert bad.returncode == pytest.ExitCode.USAGE_ERROR and "contract file not found" in bad.stderr  # given: at once

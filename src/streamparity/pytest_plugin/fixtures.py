@@ -16,7 +16,11 @@ from streamparity.session import ParitySession
 def parity(request: pytest.FixtureRequest) -> Iterator[ParitySession]:
     """The session's ParitySession (contract, reference, backends, cached runs)."""
     s = plugin_session(request.config)
-    yield s.parity()
+    try:
+        session = s.parity()
+    except pytest.UsageError as e:  # only the defaults were given, and they are not there: one line per test
+        pytest.fail(str(e), pytrace=False)
+    yield session
     s.close()
 
 

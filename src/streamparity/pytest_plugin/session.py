@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
 from streamparity import __version__
 from streamparity.backends.base import BackendSpec
+from streamparity.contract import shipped
 from streamparity.drivers.progress import attach_terminal_progress
 from streamparity.environment import environment
 from streamparity.errors import BackendUnavailable, StreamparityError
@@ -73,11 +75,31 @@ class PluginSession:
         session.check_report_dir()
         if not (getattr(config.option, "help", False) or getattr(config.option, "version", False)):
             # bad inputs now, as one usage error, not as collection tracebacks
-            engine_options.check_supplied_engines(config, session.parity().contract)
+            if session.inputs_given() or shipped.contracts_folder().is_dir():
+                engine_options.check_supplied_engines(config, session.parity().contract)
+            else:  # an installation without the shipped default: only a test that needs it fails (one line)
+                session.try_parity()
             try:  # the paired gate's options too, whether or not its test is selected: a typo is not ignored
                 paired_options.paired_options(config)
             except StreamparityError as e:
                 raise pytest.UsageError(f"streamparity: {e}") from None
+
+    def inputs_given(self) -> bool:
+        """Whether this run names streamparity's inputs itself (an option, or ``$STREAMPARITY_CONTRACT``): then a
+        bad one is a usage error at configure, as it is in a repository checkout.  An installed wheel holds no
+        ``contracts/`` or ``fixtures/``: with only the defaults there, a run of other tests must not fail on them."""
+        opt = self.config.option
+        return bool(os.environ.get("STREAMPARITY_CONTRACT")) or any(
+            getattr(opt, name, None) is not None for name in ("contract", "onnx", "reference", "offline_reference",
+                                                              "chunks")
+        ) or bool(engine_options.supplied_engines(self.config))
+
+    def try_parity(self) -> None:
+        """Builds the session now where it can be built; an error is kept for the first product test to raise."""
+        try:
+            self.parity()
+        except pytest.UsageError:
+            pass
 
     def parity(self) -> ParitySession:
         if self._parity is None:
@@ -87,6 +109,10 @@ class PluginSession:
             except StreamparityError as e:
                 self._parity = e
         if isinstance(self._parity, StreamparityError):
+            if not self.inputs_given() and not shipped.contracts_folder().is_dir():
+                raise pytest.UsageError(f"streamparity: no --contract given, and this installation ships no contracts "
+                                        f"(they are in a repository checkout's contracts/, not in an installed "
+                                        f"package): pass --contract=PATH ({self._parity})")
             raise pytest.UsageError(f"streamparity: {self._parity}")
         return self._parity
 
