@@ -97,12 +97,16 @@ class Ran:
 def fresh_process_state() -> Iterator[None]:
     """The module-level tables a run fills, put back afterwards as a new process would have them: backend kinds
     that ``-p`` plugins register (``-p streamparity.tools.drift_fault`` adds ``drift``), the ``--runtime`` and
-    ``--recorded`` tables, and the memo of file digests (keyed by path, size and mtime)."""
+    ``--recorded`` tables, the memo of file digests (keyed by path, size and mtime), and hypothesis's
+    initialisation counter (a run outside the repository's pytest.ini loads hypothesis's plugin, and one stopped at
+    configure never balances it: every later hypothesis test would warn of side effects at import time)."""
     from streamparity.backends import onnx_models, registry
     from streamparity.backends.external import options as ext
 
     tables = (registry._FACTORIES, registry._CUDA_ONLY, registry._NAMED, ext._RUNTIMES, ext._RECORDED)
     saved = [t.copy() for t in tables]
+    hyp = sys.modules.get("_hypothesis_globals")
+    initializing = getattr(hyp, "in_initialization", None)
     onnx_models._memo.clear()
     try:
         yield
@@ -111,6 +115,8 @@ def fresh_process_state() -> Iterator[None]:
             table.clear()
             table.update(copy)  # type: ignore[attr-defined]
         onnx_models._memo.clear()
+        if hyp is not None and initializing is not None:
+            hyp.in_initialization = initializing
 
 
 def run_cli_inprocess(*args: str, cwd: Path = ROOT) -> Ran:

@@ -106,7 +106,7 @@ def test_a_run_of_other_tests_leaves_no_report_dir(tmp_path: Path, run_pytest_in
     t = tmp_path / "test_user.py"
     t.write_text("def test_mine():\n    assert True\n")
     d = tmp_path / "reports"
-    r = run_pytest_inprocess(str(t), "-q", "-p", "no:randomly", f"--rootdir={tmp_path}", f"--report-dir={d}",
-                             cwd=tmp_path)
+    r = run_pytest_inprocess(str(t), "-q", "-p", "no:randomly", "-p", "no:hypothesispytest", f"--rootdir={tmp_path}",
+                             f"--report-dir={d}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not d.exists()
