@@ -65,24 +65,22 @@ def bundle_context(path: Path, contract_arg: Path | None, onnx_arg: Path | None
         raise StreamparityError(f"the bundle's ONNX {onnx} is gone: pass --onnx", file=file, field="meta.onnx")
     other = contract_arg is not None and contract.name != meta.get("contract_name", contract.name)
 
-    def refuse(what: str, names: list[str], field: str) -> None:
+    def refuse(field: str, names: list[str], lacks: str, why: str = "") -> None:
         if other:  # the cause: the tensor names differ because the model does
-            kind = "input" if field == "input" else "expected"
             raise StreamparityError(f"judged under contract {meta['contract_name']!r}, not {contract.name!r} "
-                                    f"(no {kind} {names[0]}): leave --contract out",
+                                    f"(no {field} {names[0]}): leave --contract out",
                                     file=file, chunk=int(meta["chunk"]), field="--contract")
-        raise StreamparityError(f"bundle lacks {'the ' if field == 'expected' else ''}{what} {', '.join(names)}"
-                                + (": its verdict cannot be repeated" if field == "expected" else ""),
-                                file=file, chunk=int(meta["chunk"]), field=field)
+        raise StreamparityError(f"bundle lacks {lacks} {', '.join(names)}{why}", file=file,
+                                chunk=int(meta["chunk"]), field=field)
 
     missing = [n for n in contract.input_names if n not in inputs]
     if missing:
-        refuse("inputs", missing, "input")
+        refuse("input", missing, "inputs")
     # the reference outputs the verdict was judged against: without them every comparison would be skipped
     needed = [*contract.compared_outputs(), contract.output_by_role(ROLE_CACHE_LEN).name]
     missing = [n for n in dict.fromkeys(needed) if n not in expected]
     if missing:
-        refuse("expected outputs", missing, "expected")
+        refuse("expected", missing, "the expected outputs", ": its verdict cannot be repeated")
     return meta, contract, onnx, inputs, expected, actual
 
 

@@ -41,9 +41,13 @@ if TYPE_CHECKING:
     import jsonschema
 
 
+def _schema_file() -> Any:
+    return resources.files("streamparity").joinpath("contract/schema/contract.schema.json")
+
+
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    text = resources.files("streamparity").joinpath("contract/schema/contract.schema.json").read_text("utf-8")
+    text = _schema_file().read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 
@@ -118,7 +122,7 @@ def _proof_inputs() -> tuple[bytes, ...]:
     the NaN and integer checks), jsonschema's version."""
     from streamparity.environment import installed_version
 
-    schema_bytes = resources.files("streamparity").joinpath("contract/schema/contract.schema.json").read_bytes()
+    schema_bytes = _schema_file().read_bytes()
     code = Path(sys.modules[__name__].__file__ or "").read_bytes()
     return schema_bytes, code, (installed_version("jsonschema") or "unknown").encode()
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 DEFAULT_NAME = "tiny-parakeet"
+CONTRACT_ENV = "STREAMPARITY_CONTRACT"
 
 
 def contracts_folder() -> Path:
@@ -33,7 +34,7 @@ def contract_by_name_or_path(text: str) -> Path:
 
 def default_contract() -> Path:
     """``$STREAMPARITY_CONTRACT`` (a name or a path) or the embedded default; ArgumentTypeError for a bad name."""
-    env = os.environ.get("STREAMPARITY_CONTRACT")
+    env = os.environ.get(CONTRACT_ENV)
     if env:
         path = contract_by_name_or_path(env)
         if not path.is_file():

@@ -125,16 +125,15 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     can_keep = type(stream).keep_state is not Stream.keep_state or \
         type(stream).state_snapshot is not Stream.state_snapshot
     results: list[ChunkResult] = []
-    broken: str | None = None
-    broken_at = -1
+    not_run: str | None = None  # once the stream broke: what each later chunk says
     try:
         for pos, rec in enumerate(ref.iter_chunks(ids)):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
                 deferred.popleft().settle(results, stream, policy)
-            if broken:  # not run: said in one line, the error itself is on the chunk that broke the stream
+            if not_run:  # said in one line; the error itself is on the chunk that broke the stream
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
                                            precision=backend.precision,
-                            device=backend.device, error=broken_later(broken_at)))
+                            device=backend.device, error=not_run))
                 continue
             # the big caches come back only where the reference stores some to compare with
             fetch = fetch_all_caches or any(n in rec.outputs for n in big)
@@ -148,10 +147,10 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             except Exception as e:
                 if kept is not None:
                     stream.release_state(kept)
-                broken, broken_at = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}", rec.chunk
+                not_run = broken_later(rec.chunk)
                 results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
-                                           precision=backend.precision,
-                            device=backend.device, error=broken))
+                                           precision=backend.precision, device=backend.device,
+                                           error=f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"))
                 continue
             ms = (time.perf_counter() - ts) * 1e3
             if on_step:

@@ -58,7 +58,7 @@ class PluginSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.cfg = session_config(config)
-        self.fail_on_warn = bool(config.option.fail_on_warn)
+        self.fail_on_warn = self.cfg.fail_on_warn
         self.collector = SummaryCollector()
         self._parity: ParitySession | StreamparityError | None = None
         self.run_dir: RunDir | None = None
@@ -75,24 +75,23 @@ class PluginSession:
         session.check_report_dir()
         if not (getattr(config.option, "help", False) or getattr(config.option, "version", False)):
             # bad inputs now, as one usage error, not as collection tracebacks
-            if session.inputs_given() or shipped.contracts_folder().is_dir():
+            if session.defaults_missing():  # an installation without the shipped default: only a test that needs
+                session.try_parity()      # it fails (one line)
+            else:
                 engine_options.check_supplied_engines(config, session.parity().contract)
-            else:  # an installation without the shipped default: only a test that needs it fails (one line)
-                session.try_parity()
             try:  # the paired gate's options too, whether or not its test is selected: a typo is not ignored
                 paired_options.paired_options(config)
             except StreamparityError as e:
                 raise pytest.UsageError(f"streamparity: {e}") from None
 
-    def inputs_given(self) -> bool:
-        """Whether this run names streamparity's inputs itself (an option, or ``$STREAMPARITY_CONTRACT``): then a
-        bad one is a usage error at configure, as it is in a repository checkout.  An installed wheel holds no
-        ``contracts/`` or ``fixtures/``: with only the defaults there, a run of other tests must not fail on them."""
-        opt = self.config.option
-        return bool(os.environ.get("STREAMPARITY_CONTRACT")) or any(
-            getattr(opt, name, None) is not None for name in ("contract", "onnx", "reference", "offline_reference",
-                                                              "chunks")
-        ) or bool(engine_options.supplied_engines(self.config))
+    def defaults_missing(self) -> bool:
+        """Whether this run names none of streamparity's inputs (no option, no ``$STREAMPARITY_CONTRACT``) and the
+        shipped defaults are not there: an installed wheel holds no ``contracts/`` or ``fixtures/``, and a run of
+        other tests must not fail on them.  Otherwise a bad input is a usage error at configure."""
+        cfg = self.cfg
+        given = self.config.option.contract is not None or bool(os.environ.get(shipped.CONTRACT_ENV)) or any(
+            v is not None for v in (cfg.onnx, cfg.reference, cfg.offline, cfg.chunks)) or bool(cfg.engines)
+        return not given and not shipped.contracts_folder().is_dir()
 
     def try_parity(self) -> None:
         """Builds the session now where it can be built; an error is kept for the first product test to raise."""
@@ -109,7 +108,7 @@ class PluginSession:
             except StreamparityError as e:
                 self._parity = e
         if isinstance(self._parity, StreamparityError):
-            if not self.inputs_given() and not shipped.contracts_folder().is_dir():
+            if self.defaults_missing():
                 raise pytest.UsageError(f"streamparity: no --contract given, and this installation ships no contracts "
                                         f"(they are in a repository checkout's contracts/, not in an installed "
                                         f"package): pass --contract=PATH ({self._parity})")

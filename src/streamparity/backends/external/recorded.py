@@ -64,11 +64,12 @@ def record(backend: Backend, contract: Contract, ref: ReferenceFile, out_dir: Pa
     len_name = contract.input_by_role(ROLE_CACHE_LEN).name
     with ReferenceWriter(out_dir / CLOSED_LOOP_FILE, {**head, "mode": "closed_loop"}, len(ids)) as w:
         stream = backend.open_stream(initial_state(contract, ref.read(ids[0])), fetch_caches=True)
-        broken: str | None = None
+        not_run: str | None = None  # once the stream broke: what each later chunk says
         try:
             for rec in _upto(ref, ids[-1]):
                 feeds = {audio: rec.inputs[audio], length: rec.inputs[length]}
-                if broken is None:
+                error = not_run
+                if not_run is None:
                     snap = stream.state_snapshot()
                     try:
                         out = stream.step(feeds[audio], feeds[length])
@@ -77,11 +78,9 @@ def record(backend: Backend, contract: Contract, ref: ReferenceFile, out_dir: Pa
                         w.write(rec.chunk, {"has_caches": True}, feeds, out)
                         continue
                     except Exception as e:
-                        broken = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
-                        w.write(rec.chunk, {"has_caches": False, "error": broken}, feeds, {})
-                        broken = broken_later(rec.chunk)
-                        continue
-                w.write(rec.chunk, {"has_caches": False, "error": broken}, feeds, {})
+                        error = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
+                        not_run = broken_later(rec.chunk)
+                w.write(rec.chunk, {"has_caches": False, "error": error}, feeds, {})
         finally:
             stream.close()
     return len(functional_chunks), len(ids)
