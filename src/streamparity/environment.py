@@ -12,6 +12,14 @@ from functools import lru_cache
 from typing import Any
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (xdist workers, CPU quotas and affinity masks count), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def worker_gpu_index() -> int:
     """GPU for this pytest-xdist worker: worker gwN uses GPU N mod count (0 when serial)."""
     wid = os.environ.get("PYTEST_XDIST_WORKER", "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from streamparity.contract.model import (
     Contract,
 )
 from streamparity.drivers.bundle_policy import BundlePolicy
+from streamparity.environment import usable_cores
 from streamparity.judging.chunks import judge_chunk
 from streamparity.reference.reader import ChunkRecord, ReferenceFile
 from streamparity.results.records import CLOSED_LOOP, ChunkResult, RunResult
@@ -50,14 +50,12 @@ JUDGE_LAG_PER_WORKER = 2
 
 def default_judge_workers(backend: Backend) -> int:
     """Threads that judge the chunks with stored caches while the loop goes on: none on a CPU backend (the
-    runtime has the cores) or where this process may use few cores; up to 4 beside a GPU backend."""
+    runtime has the cores) or where this process may use few cores; beside a GPU backend up to half the
+    cores, at most 8 (a full-size chunk's two caches take ~60 ms of one core to judge, about 4 steps)."""
     if backend.device == "cpu":
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (xdist, CPU quotas)
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(0, min(4, cores - 2))
+    cores = usable_cores()
+    return max(0, min(8, cores - 2, cores // 2))
 
 
 class _Deferred:
@@ -127,7 +125,8 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     results: list[ChunkResult] = []
     not_run: str | None = None  # once the stream broke: what each later chunk says
     try:
-        for pos, rec in enumerate(ref.iter_chunks(ids)):
+        # only audio and length go in: a stored chunk's input caches (half a full-size line) are not decoded
+        for pos, rec in enumerate(ref.iter_chunks(ids, inputs=(audio_name, length_name))):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
                 deferred.popleft().settle(results, stream, policy)
             if not_run:  # said in one line; the error itself is on the chunk that broke the stream

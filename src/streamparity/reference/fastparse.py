@@ -14,12 +14,16 @@ skeleton that does not parse, wrong byte count, unknown dtype, ...) the line is 
 plain ``json`` path, which raises the canonical error naming file, line, chunk and field.
 Foreign lines (nested lists, other key order, extra whitespace) go through the same code: they
 simply have no payloads to extract, or fall back.
+
+A caller that needs only some inputs (the closed loop feeds audio and length; a full-size line's input caches
+are half its bytes) names them in ``inputs``: the others are neither decoded nor checked, on either path, and
+are absent from the result.  The line's structure is still parsed whole.
 """
 
 from __future__ import annotations
 
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -61,8 +65,13 @@ class _Fallback(Exception):
 Tensors = dict[str, np.ndarray]
 
 
-def parse_chunk_json(line: bytes, *, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
-    """The plain path: ``json.loads`` then :func:`decode_tensor` on every tensor (canonical errors)."""
+def _wanted(section: str, name: str, inputs: Collection[str] | None) -> bool:
+    return inputs is None or section != "inputs" or name in inputs
+
+
+def parse_chunk_json(line: bytes, *, file: str, line_no: int, chunk: int,
+                     inputs: Collection[str] | None = None) -> tuple[Tensors, Tensors]:
+    """The plain path: ``json.loads`` then :func:`decode_tensor` on every tensor wanted (canonical errors)."""
     obj = strictjson.loads(line, file=file, what="line", error=ReferenceFormatError, line=line_no, chunk=chunk,
                            check_numbers=False, invalid="line is not valid JSON")
     if not isinstance(obj, dict):
@@ -74,7 +83,7 @@ def parse_chunk_json(line: bytes, *, file: str, line_no: int, chunk: int) -> tup
             raise ReferenceFormatError(f"'{section}' must be an object of tensors", file=file, line=line_no,
                                        chunk=chunk, field=section)
         out.append({name: decode_tensor(t, file=file, line=line_no, chunk=chunk, field=f"{section}.{name}")
-                    for name, t in tensors.items()})
+                    for name, t in tensors.items() if _wanted(section, name, inputs)})
     return out[0], out[1]
 
 
@@ -126,8 +135,9 @@ def skeleton_of(line: bytes) -> bytes:
     return skel
 
 
-def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: set[int]) -> np.ndarray | None:
-    """Decode a tensor whose payload was extracted; None when it holds no placeholder."""
+def _claim(t: Any, spans: list[tuple[int, int]], used: set[int]) -> int | None:
+    """The number of the extracted payload tensor `t` holds (marked used: each is held once); None when it
+    holds no placeholder."""
     if not isinstance(t, Mapping):
         return None
     ph = t.get("data_b64")
@@ -140,6 +150,14 @@ def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: s
     if idx in used or not 0 <= idx < len(spans):
         raise _Fallback
     used.add(idx)
+    return idx
+
+
+def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: set[int]) -> np.ndarray | None:
+    """Decode a tensor whose payload was extracted; None when it holds no placeholder."""
+    idx = _claim(t, spans, used)
+    if idx is None:
+        return None
     layout = tensor_layout(t)
     if isinstance(layout, str):
         raise _Fallback  # the json path names the defect
@@ -157,7 +175,8 @@ def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: s
     return np.frombuffer(raw, dtype=dt).reshape(shape)
 
 
-def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
+def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int,
+                inputs: Collection[str] | None) -> tuple[Tensors, Tensors]:
     skel, spans = _skeleton(line)
     try:
         obj = strictjson.loads(skel, file=file, what="line", check_numbers=False)
@@ -174,6 +193,9 @@ def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int) ->
                 raise _Fallback
             got: Tensors = {}
             for name, t in tensors.items():
+                if not _wanted(section, name, inputs):
+                    _claim(t, spans, used)  # not decoded; its payload is still accounted for
+                    continue
                 arr = _fast_tensor(t, view, spans, used)
                 if arr is None:
                     if isinstance(t, Mapping) and isinstance(t.get("data_b64"), str) and \
@@ -187,9 +209,11 @@ def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int) ->
     return out[0], out[1]
 
 
-def parse_chunk_line(line: bytes | bytearray, *, file: str, line_no: int, chunk: int) -> tuple[Tensors, Tensors]:
-    """(inputs, outputs) of one chunk line; errors name file, line, chunk and field."""
+def parse_chunk_line(line: bytes | bytearray, *, file: str, line_no: int, chunk: int,
+                     inputs: Collection[str] | None = None) -> tuple[Tensors, Tensors]:
+    """(inputs, outputs) of one chunk line, of the inputs only those named in `inputs` (default: all);
+    errors name file, line, chunk and field."""
     try:
-        return _parse_fast(line, file, line_no, chunk)
+        return _parse_fast(line, file, line_no, chunk, inputs)
     except _Fallback:
-        return parse_chunk_json(bytes(line), file=file, line_no=line_no, chunk=chunk)
+        return parse_chunk_json(bytes(line), file=file, line_no=line_no, chunk=chunk, inputs=inputs)

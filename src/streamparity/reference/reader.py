@@ -22,8 +22,9 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -170,7 +171,8 @@ class ReferenceFile:
     def __init__(self, path: str | Path, *, use_sidecar: bool = True, cache_bytes: int = DECODED_CACHE_BYTES) -> None:
         self.path = Path(path)
         self.cache_bytes = cache_bytes
-        self._decoded: OrderedDict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = OrderedDict()
+        # chunk -> (inputs, outputs, whether every input was decoded)
+        self._decoded: OrderedDict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray], bool]] = OrderedDict()
         self._decoded_bytes = 0
         self._local = threading.local()  # each thread's reusable read buffer
         self._lock = threading.Lock()  # the decoded-chunk cache
@@ -299,15 +301,20 @@ class ReferenceFile:
                 f"chunk {chunk} is not in the reference (it holds {self.entries[0].chunk}..{self.entries[-1].chunk})",
                 file=str(self.path), chunk=chunk) from None
 
-    def read(self, chunk: int) -> ChunkRecord:
-        """One chunk, decoded.  Its arrays are read-only: a reference is what runtimes are judged against."""
+    def read(self, chunk: int, *, inputs: Collection[str] | None = None) -> ChunkRecord:
+        """One chunk, decoded; of its inputs only those named in `inputs` (default: all), the others neither
+        decoded nor checked (the closed loop feeds audio and length: a full-size line's input caches are half
+        its bytes).  Its arrays are read-only: a reference is what runtimes are judged against."""
         e = self._entry(chunk)
         with self._lock:
             hit = self._decoded.get(chunk)
+            if hit is not None and not (hit[2] or (inputs is not None and all(n in hit[0] for n in inputs))):
+                hit = None  # decoded in part, and without what is asked for now
             if hit is not None:
                 self._decoded.move_to_end(chunk)
         if hit is not None:
-            return ChunkRecord(chunk=e.chunk, line=e.line, meta=e.meta, inputs=dict(hit[0]), outputs=dict(hit[1]))
+            ins = dict(hit[0]) if inputs is None else {n: a for n, a in hit[0].items() if n in inputs}
+            return ChunkRecord(chunk=e.chunk, line=e.line, meta=e.meta, inputs=ins, outputs=dict(hit[1]))
         before, line = self._line(e)
         if not self._holds(before, line, e):
             # the file changed in a way the index key did not see (same size, mtime and ends): rebuild, retry
@@ -325,7 +332,7 @@ class ReferenceFile:
             if not self._holds(before, line, e):
                 raise ReferenceFormatError("line does not hold the chunk its index entry names",
                                            file=str(self.path), line=e.line, chunk=chunk, field="chunk")
-        return self._parse(line, e)
+        return self._parse(line, e, inputs)
 
     @property
     def read_ahead(self) -> bool:
@@ -335,15 +342,17 @@ class ReferenceFile:
     def __iter__(self) -> Iterator[ChunkRecord]:
         return self.iter_chunks(self.chunk_ids)
 
-    def iter_chunks(self, ids: list[int]) -> Iterator[ChunkRecord]:
-        """The chunks `ids`, in that order, large lines read ahead in threads (none past the last id)."""
+    def iter_chunks(self, ids: list[int], *, inputs: Collection[str] | None = None) -> Iterator[ChunkRecord]:
+        """The chunks `ids`, in that order, large lines read ahead in threads (none past the last id); of their
+        inputs only those named in `inputs` (default: all), as :meth:`read`."""
+        read = self.read if inputs is None else partial(self.read, inputs=frozenset(inputs))
         if self.read_ahead:
             from streamparity.reference.prefetch import prefetched
 
-            yield from prefetched(self.read, ids, worth=lambda k: self._entry(k).length >= _REUSE_BYTES)
+            yield from prefetched(read, ids, worth=lambda k: self._entry(k).length >= _REUSE_BYTES)
         else:
             for k in ids:
-                yield self.read(k)
+                yield read(k)
 
     def _line(self, e: IndexEntry) -> tuple[bytes, bytes | bytearray]:
         """(the byte before the entry, the entry's bytes): a line starts after a newline.
@@ -394,17 +403,18 @@ class ReferenceFile:
             return found is None or (found[0] == e.chunk and found[1] == dict(e.meta))
         return True  # a foreign writer's line: its chunk id is checked when it is parsed
 
-    def _parse(self, line: bytes | bytearray, e: IndexEntry) -> ChunkRecord:
+    def _parse(self, line: bytes | bytearray, e: IndexEntry, wanted: Collection[str] | None) -> ChunkRecord:
         """Decode one chunk line with the fast reader (falls back to json; errors name file/line/chunk/field)."""
         from streamparity.reference.fastparse import parse_chunk_line
 
-        inputs, outputs = parse_chunk_line(line, file=str(self.path), line_no=e.line, chunk=e.chunk)
+        inputs, outputs = parse_chunk_line(line, file=str(self.path), line_no=e.line, chunk=e.chunk, inputs=wanted)
         for a in (*inputs.values(), *outputs.values()):
             a.setflags(write=False)
-        self._remember(e.chunk, inputs, outputs)
+        self._remember(e.chunk, inputs, outputs, complete=wanted is None)
         return ChunkRecord(chunk=e.chunk, line=e.line, meta=e.meta, inputs=dict(inputs), outputs=dict(outputs))
 
-    def _remember(self, chunk: int, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    def _remember(self, chunk: int, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], *,
+                  complete: bool) -> None:
         """Keep decoded chunks up to ``cache_bytes`` (least recently read out first): the reference checks, the
         functional run and the closed loop read a small reference three times; a full-size one (69 MB per
         chunk with caches) mostly passes through."""
@@ -414,9 +424,11 @@ class ReferenceFile:
         with self._lock:
             old = self._decoded.pop(chunk, None)  # read twice at once by two threads: counted once
             if old is not None:
-                self._decoded_bytes -= _nbytes(*old)
-            self._decoded[chunk] = (inputs, outputs)
+                self._decoded_bytes -= _nbytes(old[0], old[1])
+                if old[2] and not complete:  # a whole record is not displaced by a part of it
+                    inputs, outputs, complete, size = old[0], old[1], True, _nbytes(old[0], old[1])
+            self._decoded[chunk] = (inputs, outputs, complete)
             self._decoded_bytes += size
             while self._decoded_bytes > self.cache_bytes:
                 _, evicted = self._decoded.popitem(last=False)
-                self._decoded_bytes -= _nbytes(*evicted)
+                self._decoded_bytes -= _nbytes(evicted[0], evicted[1])
