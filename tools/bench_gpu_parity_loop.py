@@ -100,8 +100,8 @@ class _TimedReference:
     def __len__(self) -> int:
         return len(self.ref)
 
-    def iter_chunks(self, ids: list[int]) -> Any:
-        it = self.ref.iter_chunks(ids)
+    def iter_chunks(self, ids: list[int], **how: Any) -> Any:
+        it = self.ref.iter_chunks(ids, **how)
         while True:
             t = time.perf_counter()
             try:
