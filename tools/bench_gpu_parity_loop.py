@@ -113,7 +113,8 @@ class _TimedReference:
             yield rec
 
 
-def parity_loop(backend: Backend, contract: Contract, ref: ReferenceFile, upto: int) -> dict[str, Any]:
+def parity_loop(backend: Backend, contract: Contract, ref: ReferenceFile, upto: int,
+                judge_workers: int | None = None) -> dict[str, Any]:
     """run_closed_loop as the session runs it; per chunk: read + step + its own judging (ms), step ms, bytes,
     and the three parts (read, step, judge)."""
     stamps: list[tuple[int, float, float, int, int]] = []
@@ -125,7 +126,8 @@ def parity_loop(backend: Backend, contract: Contract, ref: ReferenceFile, upto: 
             stamps.append((k, time.perf_counter(), ms, up, down))
 
         t0 = time.perf_counter()
-        run = run_closed_loop(backend, contract, timed, upto=upto, on_step=on_step)  # type: ignore[arg-type]
+        run = run_closed_loop(backend, contract, timed, upto=upto, on_step=on_step,  # type: ignore[arg-type]
+                              judge_workers=judge_workers)
         t1 = time.perf_counter()
     rows: list[tuple[int, float, float, int, int]] = []
     parts: dict[int, tuple[float, float, float]] = {}
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also profile one stored-cache chunk's reference read and judging (cProfile)")
     ap.add_argument("--note", default="", metavar="TEXT", help="a line for the Markdown (e.g. what the model is)")
+    ap.add_argument("--judge-workers", type=int, default=None, metavar="N",
+                    help="judging threads of the parity loop (default: the suite's, default_judge_workers)")
     ap.add_argument("--staging", default="both", choices=("on", "off", "both"),
                     help="parity loop with pinned host staging of the fetched caches, without, or both (default)")
     args = ap.parse_args(argv)
@@ -339,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                             "warmup_reps": args.warmup_reps, "onnxruntime": ort.__version__,
                             "providers": inner.session.get_providers(), "python": platform.python_version(),
                             "session_load_s": load_s, "command": " ".join(sys.argv), "note": args.note,
-                            "judge_workers": default_judge_workers(backend), "reads_ahead": ref.read_ahead}
+                            "reads_ahead": ref.read_ahead,
+                            "judge_workers": default_judge_workers(backend) if args.judge_workers is None
+                            else args.judge_workers}
     if args.device == "cuda":
         from streamparity.environment import gpu_names
 
@@ -353,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         if which == "benchmark":
             return benchmark_loop(backend, initial, chunks)
         inner.pinned_staging = which == "parity"
-        return parity_loop(backend, contract, ref, upto)
+        return parity_loop(backend, contract, ref, upto, args.judge_workers)
 
     for _ in range(args.warmup_reps):
         for which in ["benchmark", *variants]:

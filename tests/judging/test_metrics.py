@@ -78,13 +78,70 @@ def test_float32_path_agrees_with_the_float64_path(dtype, shape, rtol) -> None:
     fast = compare_arrays(a, e, output="x", chunk=1, atol=1e-3, rtol=rtol, offset=(0,) * len(shape))
     with mock.patch.object(metrics, "_compare_finite", lambda *args, **kw: None):
         slow = compare_arrays(a, e, output="x", chunk=1, atol=1e-3, rtol=rtol, offset=(0,) * len(shape))
-    for name in ("max_abs", "mean_abs", "max_rel", "p95_abs", "p99_abs", "worst_actual", "worst_expected"):
-        assert getattr(fast, name) == getattr(slow, name), name
-    for name in ("mismatches", "nonfinite", "worst_index", "rel_index", "numel"):
-        assert getattr(fast, name) == getattr(slow, name), name
+    _same_figures(fast, slow)
     bad = a.copy()
     bad.reshape(-1)[0] = np.nan  # not finite: the float64 path judges it, and names it
     assert compare_arrays(bad, e, output="x", chunk=1, atol=1e-3, rtol=1e-2).nonfinite == 1
+
+
+def _same_figures(fast, slow) -> None:
+    """Every figure to the bit, but the mean: the blockwise path adds block sums (last bits may differ)."""
+    for name in ("max_abs", "max_rel", "p95_abs", "p99_abs", "worst_actual", "worst_expected"):
+        got, want = getattr(fast, name), getattr(slow, name)
+        assert got == want or (np.isnan(got) and np.isnan(want)), name
+    assert fast.mean_abs == pytest.approx(slow.mean_abs, rel=1e-12, abs=0.0)
+    for name in ("mismatches", "nonfinite", "worst_index", "rel_index", "numel"):
+        assert getattr(fast, name) == getattr(slow, name), name
+
+
+@pytest.mark.parametrize("case", ["ties_across_blocks", "exact", "one_block_wrong", "long_1d", "odd_view",
+                                  "sorted_errors", "nan_late", "inf_expected"])
+def test_blockwise_comparison_agrees_with_the_float64_path(case: str) -> None:
+    """Large arrays are compared block by block: the same figures whatever the data's structure (the sample's
+    threshold misjudged, equal maxima in several blocks, blocks that do not divide an axis, a view)."""
+    from unittest import mock
+
+    from streamparity.judging import metrics
+
+    rng = np.random.default_rng(7)
+    shape = (1, 6, 256, 128)
+    e = rng.standard_normal(shape).astype(np.float32)
+    a = (e + rng.standard_normal(shape).astype(np.float32) * 1e-4).astype(np.float32)
+    if case == "ties_across_blocks":
+        a = e.copy()
+        for where in [(0, 1, 3, 5), (0, 4, 200, 7)]:  # the same greatest difference, in two blocks
+            e[where], a[where] = 0.5, 1.5
+    elif case == "exact":
+        a = e.copy()  # every difference 0: the first index, percentiles 0
+    elif case == "one_block_wrong":
+        a = e.copy()
+        a[0, 5, 100:140] += rng.random((40, 128)).astype(np.float32)  # errors in one region only
+    elif case == "long_1d":
+        e, a = e.reshape(-1), a.reshape(-1)
+    elif case == "odd_view":
+        e, a = e[:, :, 37:, 1:], a[:, :, 37:, 1:]  # 219 x 127: blocks do not divide the axes
+    elif case == "sorted_errors":
+        a = (e + np.linspace(0, 1, e.size, dtype=np.float32).reshape(shape)).astype(np.float32)
+    elif case == "nan_late":
+        a[0, 5, 255, 127] = np.nan
+    elif case == "inf_expected":
+        e[0, 3, 0, 0] = np.inf
+    assert a.size >= metrics._BLOCKWISE_FROM
+    fast = compare_arrays(a, e, output="x", chunk=1, atol=1e-3, rtol=1e-2, offset=(0,) * a.ndim)
+    with mock.patch.object(metrics, "_compare_finite", lambda *args, **kw: None):
+        slow = compare_arrays(a, e, output="x", chunk=1, atol=1e-3, rtol=1e-2, offset=(0,) * a.ndim)
+    _same_figures(fast, slow)
+    if case == "ties_across_blocks":
+        assert fast.worst_index == (0, 1, 3, 5)
+
+
+def test_blocks_cover_the_array_once_in_order() -> None:
+    from streamparity.judging.metrics import _BLOCK, _blocks
+
+    for shape in [(1, 24, 256, 1024), (3 * _BLOCK + 5,), (1, 7, 219, 127), (2, 3), (5, 1, _BLOCK * 2 + 1)]:
+        seen = np.concatenate([np.arange(int(np.prod(shape))).reshape(shape)[ix].reshape(-1) for ix in _blocks(shape)])
+        assert seen.tolist() == list(range(int(np.prod(shape)))), shape
+        assert all(np.zeros(shape)[ix].size <= _BLOCK for ix in _blocks(shape))
 
 
 @pytest.mark.parametrize("kind", ["normal", "mostly_zero", "all_zero", "sorted", "reversed", "periodic", "ties",
