@@ -85,3 +85,19 @@ def test_iterating_in_part_reads_ahead_the_same_records(tmp_path: Path) -> None:
     assert all(sorted(r.inputs) == ["audio_signal", "length"] for r in got)
     for r in got:
         np.testing.assert_array_equal(r.outputs["outputs"], ref.read(r.chunk).outputs["outputs"])
+
+
+@pytest.mark.parametrize("where", [0, 5, fastparse._NEAR - 1, fastparse._NEAR, fastparse._NEAR + 1,
+                                   fastparse._NEAR + fastparse._WINDOW - 1, fastparse._NEAR + fastparse._WINDOW,
+                                   3 * fastparse._WINDOW + 17, None])
+@pytest.mark.parametrize("start", [0, 3])
+def test_the_closing_quote_is_found_where_bytes_find_finds_it(where: int | None, start: int) -> None:
+    """The search that leaves Python's lock free finds exactly the first quote, as bytes.find (or none)."""
+    n = 4 * fastparse._WINDOW
+    line = bytearray(b"A" * n)
+    if where is not None:
+        line[where] = 0x22
+        line[min(n - 1, where + 1000)] = 0x22  # a later quote is not the first
+    assert fastparse._closing_quote(line, start) == line.find(b'"', start)
+    assert fastparse._closing_quote(bytes(line), start) == bytes(line).find(b'"', start)
+    line.extend(b"xx")  # no view of it is left behind: a reused read buffer can be resized
