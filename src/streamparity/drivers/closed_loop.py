@@ -51,7 +51,7 @@ JUDGE_LAG_PER_WORKER = 2
 def default_judge_workers(backend: Backend) -> int:
     """Threads that judge the chunks with stored caches while the loop goes on: none on a CPU backend (the
     runtime has the cores) or where this process may use few cores; beside a GPU backend up to half the
-    cores, at most 8 (a full-size chunk's two caches take ~60 ms of one core to judge, about 4 steps)."""
+    cores, at most 8 (a full-size chunk's two caches take tens of ms of one core to judge, a few steps)."""
     if backend.device == "cpu":
         return 0
     cores = usable_cores()
