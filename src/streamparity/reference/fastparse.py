@@ -23,6 +23,7 @@ are absent from the result.  The line's structure is still parsed whole.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -88,29 +89,82 @@ def parse_chunk_json(line: bytes, *, file: str, line_no: int, chunk: int,
 
 
 _NEAR = 1 << 16
-"""Bytes searched for a payload's closing quote with ``bytes.find`` before the search moves to numpy."""
+"""Bytes searched for a payload's closing quote with ``bytes.find`` before the search leaves Python's lock free."""
 
 _WINDOW = 1 << 20
-"""Bytes per step of the numpy search for a payload's closing quote."""
+"""Bytes per step of the numpy search for a payload's closing quote (where the C library's memchr is not at hand)."""
+
+
+def _libc_memchr() -> Callable[[int, int, int], int | None] | None:
+    """The C library's ``memchr`` through ctypes, which lets go of Python's lock during the call; None where it
+    cannot be loaded (then numpy searches)."""
+    try:
+        import ctypes
+
+        f = ctypes.CDLL(None).memchr
+        f.restype = ctypes.c_void_p
+        f.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+    except Exception:  # no C library to load by name (Windows), or no memchr in it
+        return None
+    return f  # type: ignore[no-any-return]
+
+
+_memchr = _libc_memchr()
 
 
 def _closing_quote(line: bytes | bytearray, start: int) -> int:
     """The first ``"`` at or after `start`, or -1.  ``bytes.find`` runs at memchr speed but holds Python's lock
     for the whole scan (~8 ms over a full-size cache's payload, during which a runtime's step in another thread
-    cannot even return); past the first 64 KiB the search goes on in 1 MiB numpy steps, which release it."""
+    cannot even return); past the first 64 KiB the search goes on in the C library's memchr called through ctypes,
+    or in 1 MiB numpy steps, both of which release it."""
     near = line.find(b'"', start, start + _NEAR)
     if near >= 0 or start + _NEAR >= len(line):
         return near
     data = np.frombuffer(line, dtype=np.uint8)  # a view, gone on return (the reader's buffer is resized later)
-    hit = np.empty(_WINDOW, dtype=bool)
-    for lo in range(start + _NEAR, len(line), _WINDOW):
-        window = data[lo:lo + _WINDOW]
-        found = hit[:window.size]
-        np.equal(window, 0x22, out=found)
-        i = int(np.argmax(found))
-        if found[i]:
-            return lo + i
+    lo = start + _NEAR
+    if _memchr is not None:
+        base = data.ctypes.data
+        hit = _memchr(base + lo, 0x22, len(line) - lo)
+        return -1 if hit is None else hit - base
+    found = np.empty(_WINDOW, dtype=bool)
+    for at in range(lo, len(line), _WINDOW):
+        window = data[at:at + _WINDOW]
+        seen = found[:window.size]
+        np.equal(window, 0x22, out=seen)
+        i = int(np.argmax(seen))
+        if seen[i]:
+            return at + i
     return -1
+
+
+_SLICE = 1 << 18
+"""Base64 characters decoded per step of a large payload (256 KiB in, 192 KiB out: the step's output stays in cache)."""
+
+
+def _decode_payload(data: memoryview, nbytes: int) -> np.ndarray | None:
+    """A payload's bytes as a fresh uint8 array, or None when it does not decode to exactly `nbytes` bytes.
+
+    A large payload is decoded in small slices, each copied into one array: a decoder's own fresh 25 MB result
+    costs a page fault per 4 KiB on first write (about twice the decoding on the machine this was measured on),
+    while a slice's result stays in cache and its memory is reused.  Padding may only end the payload, so a slice
+    that is not the last must not end with ``=``."""
+    n = len(data)
+    if n <= _SLICE:
+        raw = _decode(data)
+        return np.frombuffer(raw, dtype=np.uint8) if len(raw) == nbytes else None
+    out = np.empty(nbytes, dtype=np.uint8)
+    pos = 0
+    for lo in range(0, n, _SLICE):
+        hi = min(n, lo + _SLICE)
+        if hi < n and data[hi - 1] == 0x3D:
+            return None
+        raw = _decode(data[lo:hi])
+        k = len(raw)
+        if pos + k > nbytes:
+            return None
+        out[pos:pos + k] = np.frombuffer(raw, dtype=np.uint8)
+        pos += k
+    return out if pos == nbytes else None
 
 
 def _skip_ws(line: bytes | bytearray, i: int) -> int:
@@ -120,10 +174,35 @@ def _skip_ws(line: bytes | bytearray, i: int) -> int:
     return i
 
 
-def _skeleton(line: bytes | bytearray) -> tuple[bytes, list[tuple[int, int]]]:
-    """The line with every ``"data_b64": "<payload>"`` payload replaced by a numbered placeholder."""
+_LAYOUT_BEFORE = re.compile(rb'"dtype"\s*:\s*"([a-z0-9]{1,16})"\s*,\s*"shape"\s*:\s*\[([0-9,\s]{0,200})\]\s*,\s*$')
+"""A tensor's dtype and shape written just before its ``"data_b64"`` key (our writer's and the checklist's order)."""
+
+
+def _predicted_end(line: bytes | bytearray, key: int, start: int) -> int | None:
+    """Where the payload starting at `start` ends if it is as long as the dtype and shape written just before its
+    key say, and a quote stands there; None otherwise.  Unverified: a quote inside the predicted span is found by
+    decoding it (a quote is no base64) or by :func:`_closing_quote` for a payload not decoded."""
+    m = _LAYOUT_BEFORE.search(line, max(0, key - 256), key)
+    if m is None:
+        return None
+    dt = DTYPES.get(m.group(1).decode("ascii"))
+    dims = m.group(2).replace(b" ", b"").split(b",") if m.group(2).strip() else []
+    if dt is None or not all(d.isdigit() for d in dims):
+        return None
+    count = 1
+    for d in dims:
+        count *= int(d)
+    end = start + 4 * -(-count * dt.itemsize // 3)
+    return end if line[end:end + 1] == b'"' else None
+
+
+def _skeleton(line: bytes | bytearray, *, predict: bool = False) -> tuple[bytes, list[tuple[int, int]], set[int]]:
+    """The line with every ``"data_b64": "<payload>"`` payload replaced by a numbered placeholder, the payloads'
+    spans, and (with `predict`) the numbers of those whose end was taken from their dtype and shape instead of
+    searched for (:func:`_predicted_end`): the caller verifies each of them."""
     pieces: list[bytes | bytearray] = []
     spans: list[tuple[int, int]] = []
+    predicted: set[int] = set()
     pos = 0
     search = 0
     while True:
@@ -138,7 +217,11 @@ def _skeleton(line: bytes | bytearray) -> tuple[bytes, list[tuple[int, int]]]:
         if line[j:j + 1] != b'"':
             search = j
             continue
-        end = _closing_quote(line, j + 1)
+        end = _predicted_end(line, k, j + 1) if predict and len(line) - j > _NEAR else None
+        if end is not None:
+            predicted.add(len(spans))
+        else:
+            end = _closing_quote(line, j + 1)
         if end < 0:
             raise _Fallback
         pieces.append(line[pos:j])
@@ -146,16 +229,16 @@ def _skeleton(line: bytes | bytearray) -> tuple[bytes, list[tuple[int, int]]]:
         spans.append((j + 1, end))
         pos = search = end + 1
     if not spans:
-        return bytes(line), spans  # a reader's reusable buffer (bytearray) becomes bytes for json
+        return bytes(line), spans, predicted  # a reader's reusable buffer (bytearray) becomes bytes for json
     pieces.append(line[pos:])
-    return b"".join(pieces), spans
+    return b"".join(pieces), spans, predicted
 
 
 def skeleton_of(line: bytes) -> bytes:
     """The line with its ``data_b64`` payloads replaced by short placeholders: every key but the tensor bytes,
     found at memchr speed whatever the writer's key order or separators (the line itself where that fails)."""
     try:
-        skel, _ = _skeleton(line)
+        skel, _, _ = _skeleton(line)
     except _Fallback:
         skel = line
     return skel
@@ -193,17 +276,17 @@ def _fast_tensor(t: Any, view: memoryview, spans: list[tuple[int, int]], used: s
     if (hi - lo) % 4:
         raise _Fallback
     try:
-        raw = _decode(view[lo:hi])
+        raw = _decode_payload(view[lo:hi], count * dt.itemsize)
     except (binascii.Error, ValueError, TypeError):
         raise _Fallback from None
-    if len(raw) != count * dt.itemsize:
+    if raw is None:
         raise _Fallback
-    return np.frombuffer(raw, dtype=dt).reshape(shape)
+    return raw.view(dt).reshape(shape)
 
 
 def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int,
                 inputs: Collection[str] | None) -> tuple[Tensors, Tensors]:
-    skel, spans = _skeleton(line)
+    skel, spans, predicted = _skeleton(line, predict=True)
     try:
         obj = strictjson.loads(skel, file=file, what="line", check_numbers=False)
     except StreamparityError:
@@ -220,7 +303,9 @@ def _parse_fast(line: bytes | bytearray, file: str, line_no: int, chunk: int,
             got: Tensors = {}
             for name, t in tensors.items():
                 if not _wanted(section, name, inputs):
-                    _claim(t, spans, used)  # not decoded; its payload is still accounted for
+                    idx = _claim(t, spans, used)  # not decoded; its payload is still accounted for
+                    if idx in predicted and _closing_quote(line, spans[idx][0]) != spans[idx][1]:
+                        raise _Fallback  # a quote inside the span its layout predicted
                     continue
                 arr = _fast_tensor(t, view, spans, used)
                 if arr is None:
