@@ -182,14 +182,18 @@ def _threshold(sample: np.ndarray, n: int, lowest_rank: int) -> float | None:
     return float(np.partition(sample, r)[r]) if r > 0 else None
 
 
-def _from_top(top: np.ndarray, n: int, kth: list[int]) -> dict[int, float] | None:
-    """The values at ranks `kth` of n values, from `top`, the values at or above a threshold (partially sorted
-    in place), when every rank needed lies among them and they are few; else None."""
+def _from_top(top: np.ndarray, n: int, kth: list[int], *, rest: float | None = None) -> dict[int, float] | None:
+    """The values at ranks `kth` of n values, from `top`, the values above a threshold (partially sorted in
+    place), when they are few and every rank needed lies among them, or when all the others are `rest`
+    (differences of exactly 0 left out); else None."""
     below = n - int(top.size)
-    if below > kth[0] or top.size > n // 4:
+    if top.size > n // 4 or (below > kth[0] and rest is None):
         return None
-    top.partition([k - below for k in kth])
-    return {k: float(top[k - below]) for k in kth}
+    need = [k - below for k in kth if k >= below]
+    if need:
+        top.partition(need)
+    fill = 0.0 if rest is None else rest  # only read where rest is given
+    return {k: float(top[k - below]) if k >= below else fill for k in kth}
 
 
 def _interpolate(pos: list[float], values: dict[int, float], n: int) -> list[float]:
@@ -248,7 +252,9 @@ def _compare_finite_blocks(a: np.ndarray, e: np.ndarray, *, output: str, chunk: 
     with np.errstate(invalid="ignore", over="ignore"):
         sample = np.abs(np.subtract(a[at], e[at], dtype=np.float64))
     threshold = _threshold(sample, n, kth[0]) if np.isfinite(sample).all() else None
+    zero = threshold == 0.0  # mostly exact: keep the differences above 0, the others are exactly 0
     tops: list[np.ndarray] = []
+    kept = 0
     worst = rel_worst = 0
     max_abs = max_rel = -1.0
     mismatches, total, start = 0, 0.0, 0
@@ -281,9 +287,15 @@ def _compare_finite_blocks(a: np.ndarray, e: np.ndarray, *, output: str, chunk: 
             mismatches += int(np.count_nonzero(d > atol))
         total += float(d.sum())
         if threshold is not None:
-            tops.append(d[d >= threshold])
+            top = d[d > 0.0] if zero else d[d >= threshold]
+            kept += int(top.size)
+            if kept > n // 4:  # the sample misjudged: stop keeping copies
+                threshold, tops = None, []
+            else:
+                tops.append(top)
         start += k
-    values = _from_top(np.concatenate(tops), n, kth) if tops else None
+    values = _from_top(np.concatenate(tops) if tops else np.empty(0), n, kth, rest=0.0 if zero else None) \
+        if threshold is not None else None
     if values is None:  # the sample misjudged: the whole array's differences, sorted in part
         flat = np.empty(n, dtype=np.float64)
         np.subtract(a, e, out=flat.reshape(a.shape), dtype=np.float64)
