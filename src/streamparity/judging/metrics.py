@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -113,42 +114,78 @@ def compare_arrays(
 
 def _compare_finite(a: np.ndarray, e: np.ndarray, *, output: str, chunk: int, atol: float, rtol: float,
                     region: str, full: Any) -> Metrics | None:
-    """:func:`compare_arrays` for two float arrays without a non-finite value: the same float64 figures from
-    in-place operations (the float64 casts happen inside the ufuncs, no cast copies) and a partial sort of only
-    the largest differences, instead of masks, copies and two full percentile sorts (a sixth of the time on a
-    full-size cache).  Returns None, for the general path, when any difference is not finite."""
+    """:func:`compare_arrays` for two float arrays without a non-finite value: the same float64 figures, block by
+    block in C order through three small float64 buffers (the float64 casts happen inside the ufuncs), instead of
+    masks, cast copies and whole-array temporaries: the inputs are read once, not a dozen times (a full-size
+    cache: ~3x less CPU, and little memory traffic beside a runtime's step).  p95/p99 come from a partial sort of
+    only the largest differences where the array is large (:func:`_sampled_threshold`).  Every figure is the
+    general path's to the bit, but the mean of an array of several blocks, which adds block sums (last bits).
+    Returns None, for the general path, when any difference is not finite."""
     n = int(a.size)
-    if n >= _BLOCKWISE_FROM:
-        return _compare_finite_blocks(a, e, output=output, chunk=chunk, atol=atol, rtol=rtol, region=region,
-                                      full=full)
-    flat = np.empty(n, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the general path reports it
-        np.subtract(a, e, out=flat.reshape(a.shape), dtype=np.float64)
-    np.abs(flat, out=flat)
-    worst = int(np.argmax(flat))
-    max_abs = float(flat[worst])
-    if not np.isfinite(max_abs):  # argmax stops at the first NaN, so a NaN anywhere lands here too
-        return None
-    mag = np.empty(n, dtype=np.float64)
-    np.abs(e, out=mag.reshape(e.shape), dtype=np.float64)
-    rel = np.maximum(mag, max(atol, float(np.finfo(np.float32).tiny)))
-    with np.errstate(over="ignore"):
-        np.divide(flat, rel, out=rel)
-    rel_worst = int(np.argmax(rel))
-    max_rel = float(rel[rel_worst])
-    del rel
-    if rtol:
-        mag *= rtol
-        mag += atol
-        mismatches = int(np.count_nonzero(flat > mag))
-    else:  # atol + 0 * |e| is atol: one comparison with a scalar
-        mismatches = int(np.count_nonzero(flat > atol))
-    del mag
-    mean_abs = float(flat.mean())
+    buf = np.empty((3, min(n, _BLOCK)), dtype=np.float64)
+    floor = max(atol, float(np.finfo(np.float32).tiny))
+    pos, kth = _ranks(n, (95.0, 99.0))
+    threshold = _sampled_threshold(a, e, n, kth[0])  # None: every difference is kept for the percentiles
+    zero = threshold == 0.0  # mostly exact: keep the differences above 0, the others are exactly 0
+    blocks = _blocks(a.shape)
+    kept: list[np.ndarray] = []
+    kept_n = 0
+    worst = rel_worst = 0
+    max_abs = max_rel = -1.0
+    mismatches, total, start = 0, 0.0, 0
+    for ix in blocks:
+        ab, eb = a[ix], e[ix]
+        k = int(ab.size)
+        flat, mag, rel = buf[0, :k], buf[1, :k], buf[2, :k]
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the general path reports it
+            np.subtract(ab, eb, out=flat.reshape(ab.shape), dtype=np.float64)
+        np.abs(flat, out=flat)
+        j = int(np.argmax(flat))
+        v = float(flat[j])
+        if not np.isfinite(v):  # argmax stops at the first NaN, so a NaN anywhere lands here too
+            return None
+        if v > max_abs:  # the first of equal maxima, as argmax over the whole array
+            max_abs, worst = v, start + j
+        np.abs(eb, out=mag.reshape(eb.shape), dtype=np.float64)
+        np.maximum(mag, floor, out=rel)
+        with np.errstate(over="ignore"):
+            np.divide(flat, rel, out=rel)
+        j = int(np.argmax(rel))
+        v = float(rel[j])
+        if v > max_rel:
+            max_rel, rel_worst = v, start + j
+        if rtol:
+            mag *= rtol
+            mag += atol
+            mismatches += int(np.count_nonzero(flat > mag))
+        else:  # atol + 0 * |e| is atol: one comparison with a scalar
+            mismatches += int(np.count_nonzero(flat > atol))
+        total += float(flat.sum())
+        if threshold is None:
+            kept.append(flat if len(blocks) == 1 else flat.copy())  # one block: the buffer is not needed again
+        elif kept_n <= n // 4:
+            top = flat[flat > 0.0] if zero else flat[flat >= threshold]
+            kept_n += int(top.size)
+            kept.append(top)
+        start += k
+    values: dict[int, float] | None
+    if threshold is None:
+        every = kept[0] if len(kept) == 1 else np.concatenate(kept)
+        every.partition(kth)
+        values = {r: float(every[r]) for r in kth}
+    else:
+        values = None if kept_n > n // 4 else _from_top(np.concatenate(kept) if kept else np.empty(0), n, kth,
+                                                        rest=0.0 if zero else None)
+    if values is None:  # the sample misjudged: the whole array's differences, sorted in part
+        every = np.empty(n, dtype=np.float64)
+        np.subtract(a, e, out=every.reshape(a.shape), dtype=np.float64)
+        np.abs(every, out=every)
+        every.partition(kth)
+        values = {r: float(every[r]) for r in kth}
+    p95, p99 = _interpolate(pos, values, n)
     idx = tuple(int(i) for i in np.unravel_index(worst, a.shape))
-    p95, p99 = percentiles_of_large(flat, (95.0, 99.0))  # last: it may reorder the differences
     return Metrics(
-        output=output, chunk=chunk, numel=n, max_abs=max_abs, mean_abs=mean_abs,
+        output=output, chunk=chunk, numel=n, max_abs=max_abs, mean_abs=total / n,
         max_rel=max_rel, p95_abs=p95, p99_abs=p99, mismatches=mismatches,
         nonfinite=0, worst_index=full(idx), worst_actual=float(a[idx]), worst_expected=float(e[idx]),
         atol=atol, rtol=rtol, region=region,
@@ -157,10 +194,10 @@ def _compare_finite(a: np.ndarray, e: np.ndarray, *, output: str, chunk: int, at
 
 
 _SAMPLE = 8192
-"""Elements of the strided sample that :func:`percentiles_of_large` picks its threshold from."""
+"""Elements of the strided sample that :func:`_sampled_threshold` picks its threshold from."""
 
-_BLOCKWISE_FROM = 16 * _SAMPLE
-"""Arrays this large are compared block by block (:func:`_compare_finite_blocks`)."""
+_SAMPLED_FROM = 16 * _SAMPLE
+"""Arrays this large keep only their largest differences for the percentiles."""
 
 _BLOCK = 1 << 16
 """Elements per block: three float64 work buffers of 512 KiB stay in a core's cache."""
@@ -173,9 +210,18 @@ def _ranks(n: int, qs: tuple[float, ...]) -> tuple[list[float], list[int]]:
     return pos, kth
 
 
-def _threshold(sample: np.ndarray, n: int, lowest_rank: int) -> float | None:
-    """A value that a strided sample of n values puts safely below rank `lowest_rank` (4 standard deviations
-    of the sample's rank), or None where the sample cannot tell."""
+def _sampled_threshold(a: np.ndarray, e: np.ndarray, n: int, lowest_rank: int) -> float | None:
+    """For an array of at least :data:`_SAMPLED_FROM` elements, a difference that a strided sample of |a - e|
+    puts safely below rank `lowest_rank` (4 standard deviations of the sample's rank): every element below it
+    ranks below every element kept, so ranks shift by their count and the values stay exact.  None for smaller
+    arrays, a sample that is not finite, or one that cannot tell."""
+    if n < _SAMPLED_FROM:
+        return None
+    at = np.unravel_index(np.arange(0, n, n // _SAMPLE), a.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sample = np.abs(np.subtract(a[at], e[at], dtype=np.float64))
+    if not np.isfinite(sample).all():
+        return None
     q = lowest_rank / (n - 1)
     margin = int(4 * np.sqrt(sample.size * q * (1 - q))) + 2
     r = int(q * (sample.size - 1)) - margin
@@ -206,111 +252,15 @@ def _interpolate(pos: list[float], values: dict[int, float], n: int) -> list[flo
     return out
 
 
-def percentiles_of_large(flat: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    """numpy's default (linear) percentiles of the 1-D array `flat`, to the last bit, from a partial sort of
-    only the elements at or above a threshold that a strided sample puts safely below the lowest rank needed
-    (the top ~10% for p95/p99).  Every element below the threshold ranks below every element kept, so ranks
-    shift by their count and the values are exact.  When the sample misjudges (structured data), or the
-    array is small, `flat` itself is partially sorted in place: it is reordered then."""
-    n = int(flat.size)
-    pos, kth = _ranks(n, qs)
-    values = None
-    if n >= 16 * _SAMPLE:
-        threshold = _threshold(np.array(flat[::n // _SAMPLE]), n, kth[0])
-        if threshold is not None:
-            values = _from_top(flat[flat >= threshold], n, kth)
-    if values is None:
-        flat.partition(kth)
-        values = {k: float(flat[k]) for k in kth}
-    return _interpolate(pos, values, n)
-
-
 def _blocks(shape: tuple[int, ...]) -> list[tuple[Any, ...]]:
     """Index tuples that cut an array of `shape` into blocks of at most :data:`_BLOCK` elements (fewer only
     where an axis does not divide), in C order: slices of the innermost axis whose trailing sub-arrays fit."""
-    lead = next(i for i in range(len(shape) + 1) if int(np.prod(shape[i:])) <= _BLOCK)
+    lead = next(i for i in range(len(shape) + 1) if math.prod(shape[i:]) <= _BLOCK)
     if lead == 0:
         return [()]
     axis = lead - 1
-    rows = max(1, _BLOCK // int(np.prod(shape[lead:])))
+    rows = max(1, _BLOCK // math.prod(shape[lead:]))
     return [(*ix, slice(lo, lo + rows)) for ix in np.ndindex(*shape[:axis]) for lo in range(0, shape[axis], rows)]
-
-
-def _compare_finite_blocks(a: np.ndarray, e: np.ndarray, *, output: str, chunk: int, atol: float, rtol: float,
-                           region: str, full: Any) -> Metrics | None:
-    """:func:`_compare_finite` for a large array, block by block in C order through three small float64
-    buffers, instead of whole-array float64 temporaries: the inputs are read once, not a dozen times (a
-    full-size cache: ~4x less CPU, and little memory traffic beside a runtime's step).  The same per-element
-    operations give the same max, index, relative, mismatch and percentile figures; the mean adds block sums,
-    so it may differ from one whole-array sum in the last bits."""
-    n = int(a.size)
-    buf = np.empty((3, _BLOCK), dtype=np.float64)
-    floor = max(atol, float(np.finfo(np.float32).tiny))
-    pos, kth = _ranks(n, (95.0, 99.0))
-    stride = n // _SAMPLE
-    at = np.unravel_index(np.arange(0, n, stride), a.shape)  # the whole-array path's strided sample
-    with np.errstate(invalid="ignore", over="ignore"):
-        sample = np.abs(np.subtract(a[at], e[at], dtype=np.float64))
-    threshold = _threshold(sample, n, kth[0]) if np.isfinite(sample).all() else None
-    zero = threshold == 0.0  # mostly exact: keep the differences above 0, the others are exactly 0
-    tops: list[np.ndarray] = []
-    kept = 0
-    worst = rel_worst = 0
-    max_abs = max_rel = -1.0
-    mismatches, total, start = 0, 0.0, 0
-    for ix in _blocks(a.shape):
-        ab, eb = a[ix], e[ix]
-        k = int(ab.size)
-        d, mag, rel = (b[:k].reshape(ab.shape) for b in buf)
-        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the general path reports it
-            np.subtract(ab, eb, out=d, dtype=np.float64)
-        np.abs(d, out=d)
-        j = int(np.argmax(d))
-        v = float(d.flat[j])
-        if not np.isfinite(v):  # a NaN or inf anywhere: the general path's
-            return None
-        if v > max_abs:  # the first of equal maxima, as argmax over the whole array
-            max_abs, worst = v, start + j
-        np.abs(eb, out=mag, dtype=np.float64)
-        np.maximum(mag, floor, out=rel)
-        with np.errstate(over="ignore"):
-            np.divide(d, rel, out=rel)
-        j = int(np.argmax(rel))
-        v = float(rel.flat[j])
-        if v > max_rel:
-            max_rel, rel_worst = v, start + j
-        if rtol:
-            mag *= rtol
-            mag += atol
-            mismatches += int(np.count_nonzero(d > mag))
-        else:
-            mismatches += int(np.count_nonzero(d > atol))
-        total += float(d.sum())
-        if threshold is not None:
-            top = d[d > 0.0] if zero else d[d >= threshold]
-            kept += int(top.size)
-            if kept > n // 4:  # the sample misjudged: stop keeping copies
-                threshold, tops = None, []
-            else:
-                tops.append(top)
-        start += k
-    values = _from_top(np.concatenate(tops) if tops else np.empty(0), n, kth, rest=0.0 if zero else None) \
-        if threshold is not None else None
-    if values is None:  # the sample misjudged: the whole array's differences, sorted in part
-        flat = np.empty(n, dtype=np.float64)
-        np.subtract(a, e, out=flat.reshape(a.shape), dtype=np.float64)
-        np.abs(flat, out=flat)
-        flat.partition(kth)
-        values = {k: float(flat[k]) for k in kth}
-    p95, p99 = _interpolate(pos, values, n)
-    idx = tuple(int(i) for i in np.unravel_index(worst, a.shape))
-    return Metrics(
-        output=output, chunk=chunk, numel=n, max_abs=max_abs, mean_abs=total / n,
-        max_rel=max_rel, p95_abs=p95, p99_abs=p99, mismatches=mismatches,
-        nonfinite=0, worst_index=full(idx), worst_actual=float(a[idx]), worst_expected=float(e[idx]),
-        atol=atol, rtol=rtol, region=region,
-        rel_index=full(tuple(int(i) for i in np.unravel_index(rel_worst, a.shape))),
-    )
 
 
 def valid_region(spec: TensorSpec, array: np.ndarray,
