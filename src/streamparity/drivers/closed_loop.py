@@ -82,6 +82,11 @@ class _Deferred:
                 stream.release_state(self.kept)
 
 
+def broke_at(at: int, e: BaseException) -> str:
+    """The error of the chunk whose step broke the stream."""
+    return f"stream broke at chunk {at}: {type(e).__name__}: {e}"
+
+
 def broken_later(at: int) -> str:
     """The error of a chunk after the one that broke the stream (it was not run)."""
     return f"stream broke at chunk {at} (not run; the error is on chunk {at})"
@@ -124,15 +129,18 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
         type(stream).state_snapshot is not Stream.state_snapshot
     results: list[ChunkResult] = []
     not_run: str | None = None  # once the stream broke: what each later chunk says
+
+    def unjudged(chunk: int, error: str | None = None) -> ChunkResult:
+        return ChunkResult(chunk=chunk, mode=CLOSED_LOOP, backend=backend.id, precision=backend.precision,
+                           device=backend.device, error=error)
+
     try:
         # only audio and length go in: a stored chunk's input caches (half a full-size line) are not decoded
         for pos, rec in enumerate(ref.iter_chunks(ids, inputs=(audio_name, length_name))):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
                 deferred.popleft().settle(results, stream, policy)
             if not_run:  # said in one line; the error itself is on the chunk that broke the stream
-                results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
-                                           precision=backend.precision,
-                            device=backend.device, error=not_run))
+                results.append(unjudged(rec.chunk, not_run))
                 continue
             # the big caches come back only where the reference stores some to compare with
             fetch = fetch_all_caches or any(n in rec.outputs for n in big)
@@ -147,9 +155,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                 if kept is not None:
                     stream.release_state(kept)
                 not_run = broken_later(rec.chunk)
-                results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
-                                           precision=backend.precision, device=backend.device,
-                                           error=f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"))
+                results.append(unjudged(rec.chunk, broke_at(rec.chunk, e)))
                 continue
             ms = (time.perf_counter() - ts) * 1e3
             if on_step:
@@ -164,8 +170,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                     feeds = {**snapshot, audio_name: rec.inputs[audio_name], length_name: rec.inputs[length_name]}
                     outs = stream.complete_outputs(out)
                 deferred.append(_Deferred(len(results), judges.submit(judge), ms, feeds, kept, outs))
-                results.append(ChunkResult(chunk=rec.chunk, mode=CLOSED_LOOP, backend=backend.id,
-                                           precision=backend.precision, device=backend.device))  # settled below
+                results.append(unjudged(rec.chunk))  # settled below
                 while len(deferred) > JUDGE_LAG_PER_WORKER * workers:
                     deferred.popleft().settle(results, stream, policy)
                 continue

@@ -26,7 +26,7 @@ from streamparity.contract.model import (
     ROLE_LENGTH,
     Contract,
 )
-from streamparity.drivers.closed_loop import broken_later, initial_state
+from streamparity.drivers.closed_loop import broke_at, broken_later, initial_state
 from streamparity.errors import StreamparityError
 from streamparity.reference.reader import ChunkRecord, ReferenceFile
 from streamparity.reference.writer import ReferenceWriter
@@ -78,7 +78,7 @@ def record(backend: Backend, contract: Contract, ref: ReferenceFile, out_dir: Pa
                         w.write(rec.chunk, {"has_caches": True}, feeds, out)
                         continue
                     except Exception as e:
-                        error = f"stream broke at chunk {rec.chunk}: {type(e).__name__}: {e}"
+                        error = broke_at(rec.chunk, e)
                         not_run = broken_later(rec.chunk)
                 w.write(rec.chunk, {"has_caches": False, "error": error}, feeds, {})
         finally:
