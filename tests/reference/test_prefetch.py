@@ -29,6 +29,19 @@ def _write(path: Path, n: int, big: int | None = None) -> list[np.ndarray]:
     return caches
 
 
+def _threads_reading(ref: ReferenceFile) -> dict[int, str]:
+    """Chunk -> the name of the thread that last read it, filled in as `ref` is read."""
+    where: dict[int, str] = {}
+    real = ref.read
+
+    def spy(k: int, **how):  # type: ignore[no-untyped-def]
+        where[k] = threading.current_thread().name
+        return real(k, **how)
+
+    ref.read = spy  # type: ignore[method-assign]
+    return where
+
+
 def test_large_lines_are_read_ahead_in_order(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     caches = _write(path, 9)
@@ -55,18 +68,30 @@ def test_only_large_lines_are_read_in_threads(tmp_path: Path) -> None:
     path = tmp_path / "mixed.jsonl"
     caches = _write(path, 10, big=4)
     ref = ReferenceFile(path)
-    where: dict[int, str] = {}
-    real = ref.read
-
-    def spy(k: int):  # type: ignore[no-untyped-def]
-        where[k] = threading.current_thread().name
-        return real(k)
-
-    ref.read = spy  # type: ignore[method-assign]
+    where = _threads_reading(ref)
     for rec, want in zip(ref, caches, strict=True):
         np.testing.assert_array_equal(rec.outputs["cache"], want)
     me = threading.current_thread().name
     assert [where[k] != me for k in range(10)] == [True] * 4 + [False] * 6
+
+
+def test_every_line_reads_small_lines_in_threads_too(tmp_path: Path) -> None:
+    """The closed loop beside a device backend: its own thread waits on the device, so small lines are parsed
+    ahead too; and a second pass reuses the first one's read buffers."""
+    path = tmp_path / "mixed.jsonl"
+    caches = _write(path, 10, big=4)
+    ref = ReferenceFile(path, cache_bytes=0)  # every pass reads the file
+    where = _threads_reading(ref)
+    for rec, want in zip(ref.iter_chunks(ref.chunk_ids, every_line=True), caches, strict=True):
+        np.testing.assert_array_equal(rec.outputs["cache"], want)
+    assert all(where[k].startswith("streamparity-read") for k in range(10))
+    kept = {id(b) for b in ref._buffers._free}
+    assert kept  # the large lines' buffers outlive the threads
+    where.clear()
+    for rec, want in zip(ref.iter_chunks([0, 1, 2, 3]), caches, strict=False):
+        np.testing.assert_array_equal(rec.outputs["cache"], want)
+    assert sorted(where) == [0, 1, 2, 3]  # read again, into the same buffers
+    assert {id(b) for b in ref._buffers._free} <= kept
 
 
 def test_an_error_is_raised_at_its_chunk_and_not_before(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -121,7 +122,18 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     workers = default_judge_workers(backend) if judge_workers is None else max(0, judge_workers)
     judges = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="streamparity-judge") if workers else None
     deferred: deque[_Deferred] = deque()
-    stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
+    # only audio and length go in: a stored chunk's input caches (half a full-size line) are not decoded.  Beside
+    # a device backend (judging threads) every line is read ahead: this thread waits on the device meanwhile.
+    chunks = ref.iter_chunks(ids, inputs=(audio_name, length_name), every_line=judges is not None)
+    try:
+        # the first record asked for before the stream opens: the next ones are read while it does
+        head = [next(chunks)]
+        stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
+    except BaseException:
+        chunks.close()
+        if judges is not None:
+            judges.shutdown(wait=True, cancel_futures=True)
+        raise
     # bundles need the state a chunk ran on: streams that keep it copy it only when a chunk fails
     snapshot_each = keep_bundles and not stream.keeps_previous_state
     # a chunk is judged in a thread only where its state can be kept for a bundle (else: inline)
@@ -135,8 +147,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                            device=backend.device, error=error)
 
     try:
-        # only audio and length go in: a stored chunk's input caches (half a full-size line) are not decoded
-        for pos, rec in enumerate(ref.iter_chunks(ids, inputs=(audio_name, length_name))):
+        for pos, rec in enumerate(itertools.chain(head, chunks)):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
                 deferred.popleft().settle(results, stream, policy)
             if not_run:  # said in one line; the error itself is on the chunk that broke the stream
@@ -187,6 +198,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
         while deferred:
             deferred.popleft().settle(results, stream, policy)
     finally:
+        chunks.close()
         stream.close()
         if judges is not None:
             judges.shutdown(wait=True, cancel_futures=True)

@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,7 @@ import numpy as np
 from streamparity import strictjson
 from streamparity.errors import ReferenceFormatError, StreamparityError
 from streamparity.reference.fields import FORMAT_VERSION, MAX_CHUNK, check_header, check_meta, chunk_id
+from streamparity.reference.line_buffers import LineBuffers
 from streamparity.reference.sidecar import IndexEntry, file_key, read_sidecar, write_sidecar
 
 _META_KEY = b'"meta":'
@@ -54,7 +55,10 @@ def _utf8_prefix(head: bytes, file: str, lineno: int) -> str:
 
 
 _REUSE_BYTES = 1 << 20
-"""Lines this long are read into the reader's reusable buffer (see :meth:`ReferenceFile._line`)."""
+"""Lines this long are read into the reader's reusable buffers (see :meth:`ReferenceFile._line`)."""
+
+_KEPT_BUFFERS = 6
+"""Free read buffers a file keeps (the read-ahead's threads and the caller's): ~69 MB each at full size."""
 
 DECODED_CACHE_BYTES = 64 * 2**20
 """Decoded tensors a :class:`ReferenceFile` keeps for re-reads (the embedded reference is ~8 MB decoded)."""
@@ -174,7 +178,7 @@ class ReferenceFile:
         # chunk -> (inputs, outputs, whether every input was decoded)
         self._decoded: OrderedDict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray], bool]] = OrderedDict()
         self._decoded_bytes = 0
-        self._local = threading.local()  # each thread's reusable read buffer
+        self._buffers = LineBuffers(_KEPT_BUFFERS)  # the large lines' reusable read buffers, for any thread
         self._lock = threading.Lock()  # the decoded-chunk cache
         self._rebuild = threading.Lock()  # a stale index rebuilt once, whichever thread finds it
         if not self.path.is_file():
@@ -316,23 +320,28 @@ class ReferenceFile:
             ins = dict(hit[0]) if inputs is None else {n: a for n, a in hit[0].items() if n in inputs}
             return ChunkRecord(chunk=e.chunk, line=e.line, meta=e.meta, inputs=ins, outputs=dict(hit[1]))
         before, line = self._line(e)
-        if not self._holds(before, line, e):
-            # the file changed in a way the index key did not see (same size, mtime and ends): rebuild, retry
-            with self._rebuild:
-                if self._entry(chunk) is e:  # not rebuilt meanwhile by another thread
-                    log.warning("%s: byte-offset index %s is stale (line %d does not hold chunk %d); rebuilding it",
-                                self.path, self.sidecar, e.line, e.chunk)
-                    self._build_index()
-                    self._write_sidecar(file_key(self.path))
-                    with self._lock:
-                        self._decoded.clear()
-                        self._decoded_bytes = 0
-            e = self._entry(chunk)
-            before, line = self._line(e)
+        try:
             if not self._holds(before, line, e):
-                raise ReferenceFormatError("line does not hold the chunk its index entry names",
-                                           file=str(self.path), line=e.line, chunk=chunk, field="chunk")
-        return self._parse(line, e, inputs)
+                # the file changed in a way the index key did not see (same size, mtime and ends): rebuild, retry
+                with self._rebuild:
+                    if self._entry(chunk) is e:  # not rebuilt meanwhile by another thread
+                        log.warning("%s: byte-offset index %s is stale (line %d does not hold chunk %d); "
+                                    "rebuilding it", self.path, self.sidecar, e.line, e.chunk)
+                        self._build_index()
+                        self._write_sidecar(file_key(self.path))
+                        with self._lock:
+                            self._decoded.clear()
+                            self._decoded_bytes = 0
+                e = self._entry(chunk)
+                self._buffers.give_back(line)
+                line = b""  # given back: not twice, should the second read fail
+                before, line = self._line(e)
+                if not self._holds(before, line, e):
+                    raise ReferenceFormatError("line does not hold the chunk its index entry names",
+                                               file=str(self.path), line=e.line, chunk=chunk, field="chunk")
+            return self._parse(line, e, inputs)
+        finally:
+            self._buffers.give_back(line)
 
     @property
     def read_ahead(self) -> bool:
@@ -342,40 +351,31 @@ class ReferenceFile:
     def __iter__(self) -> Iterator[ChunkRecord]:
         return self.iter_chunks(self.chunk_ids)
 
-    def iter_chunks(self, ids: list[int], *, inputs: Collection[str] | None = None) -> Iterator[ChunkRecord]:
+    def iter_chunks(self, ids: list[int], *, inputs: Collection[str] | None = None,
+                    every_line: bool = False) -> Generator[ChunkRecord, None, None]:
         """The chunks `ids`, in that order, large lines read ahead in threads (none past the last id); of their
-        inputs only those named in `inputs` (default: all), as :meth:`read`."""
+        inputs only those named in `inputs` (default: all), as :meth:`read`.  `every_line`: small lines too,
+        for a caller whose own thread waits on a device meanwhile (parsing them then costs it nothing)."""
         read = self.read if inputs is None else partial(self.read, inputs=frozenset(inputs))
         if self.read_ahead:
             from streamparity.reference.prefetch import prefetched
 
-            yield from prefetched(read, ids, worth=lambda k: self._entry(k).length >= _REUSE_BYTES)
+            yield from prefetched(read, ids, worth=None if every_line else
+                                  (lambda k: self._entry(k).length >= _REUSE_BYTES))
         else:
             for k in ids:
                 yield read(k)
 
     def _line(self, e: IndexEntry) -> tuple[bytes, bytes | bytearray]:
-        """(the byte before the entry, the entry's bytes): a line starts after a newline.
-
-        Lines of at least :data:`_REUSE_BYTES` are read into a buffer the file keeps and reuses, one per thread:
-        a fresh 69 MB ``bytes`` per full-size chunk costs a page fault per 4 KiB (zeroed, then copied into) on
-        every read, ~3x the copy itself.  The buffer is overwritten by the thread's next read; nothing decoded
-        from it points into it."""
+        """(the byte before the entry, the entry's bytes): a line starts after a newline.  Lines of at least
+        :data:`_REUSE_BYTES` come in one of the file's reusable buffers (:mod:`.line_buffers`): give it back
+        with ``self._buffers.give_back`` once parsed."""
         with self.path.open("rb", buffering=0) as f:
             f.seek(max(e.offset - 1, 0))
             before = f.read(1) if e.offset else b"\n"
             if e.length < _REUSE_BYTES:
                 return before, f.read(e.length)
-            buf: bytearray = getattr(self._local, "buf", None) or bytearray()
-            if len(buf) != e.length:  # lines with caches differ by a few bytes: resized in place
-                try:
-                    if len(buf) > e.length:
-                        del buf[e.length:]
-                    else:
-                        buf.extend(bytes(e.length - len(buf)))
-                except BufferError:  # a kept exception's frame still views it: start a new one
-                    buf = bytearray(e.length)
-            self._local.buf = buf
+            buf = self._buffers.take(e.length)
             view, got = memoryview(buf), 0
             while got < e.length:
                 n = f.readinto(view[got:])
@@ -383,7 +383,11 @@ class ReferenceFile:
                     break
                 got += n
             view.release()
-            return before, (buf if got == e.length else bytes(buf[:got]))
+            if got == e.length:
+                return before, buf
+            short = bytes(buf[:got])  # copied before another thread may take the buffer
+            self._buffers.give_back(buf)
+            return before, short
 
     def _holds(self, before: bytes, body: bytes | bytearray, e: IndexEntry) -> bool:
         """Whether `body` is a whole line that holds chunk e.chunk."""
