@@ -95,7 +95,9 @@ def _same_figures(fast, slow) -> None:
 
 
 @pytest.mark.parametrize("case", ["ties_across_blocks", "exact", "mostly_exact", "one_block_wrong", "long_1d",
-                                  "odd_view", "sorted_errors", "nan_late", "inf_expected"])
+                                  "odd_view", "sorted_errors", "nan_late", "inf_expected", "exact_but_last_block",
+                                  "exact_with_the_same_nan", "exact_but_signed_zero", "exact_strided_view",
+                                  "exact_view"])
 def test_blockwise_comparison_agrees_with_the_float64_path(case: str) -> None:
     """Large arrays are compared block by block: the same figures whatever the data's structure (the sample's
     threshold misjudged, equal maxima in several blocks, blocks that do not divide an axis, a view)."""
@@ -130,6 +132,24 @@ def test_blockwise_comparison_agrees_with_the_float64_path(case: str) -> None:
         a[0, 5, 255, 127] = np.nan
     elif case == "inf_expected":
         e[0, 3, 0, 0] = np.inf
+    elif case == "exact_but_last_block":  # leading blocks equal to the bit, then one that is not
+        a = e.copy()
+        a[0, 5, 250, 3] += 0.25
+    elif case == "exact_with_the_same_nan":  # equal bits, but a NaN is still a mismatch
+        e[0, 2, 9, 9] = np.nan
+        a = e.copy()
+    elif case == "exact_but_signed_zero":  # -0.0 and 0.0: different bits, a difference of 0
+        e[0, 0, 0, :] = 0.0
+        a = e.copy()
+        a[0, 0, 0, :] = -0.0
+    elif case == "exact_strided_view":  # no contiguous last axis: compared in full
+        e = rng.standard_normal((1, 12, 256, 128)).astype(np.float32)
+        a = e.copy()
+        e, a = e[..., ::2], a[..., ::2]
+    elif case == "exact_view":  # a cache's valid frames: blocks equal to the bit inside a view
+        e = rng.standard_normal((1, 12, 256, 128)).astype(np.float32)
+        a = e.copy()
+        e, a = e[:, :, 100:, :], a[:, :, 100:, :]
     assert a.size >= metrics._SAMPLED_FROM
     fast = compare_arrays(a, e, output="x", chunk=1, atol=1e-3, rtol=1e-2, offset=(0,) * a.ndim)
     with mock.patch.object(metrics, "_compare_finite", lambda *args, **kw: None):
