@@ -384,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
                 r[f"{seg}_parts_ms"] = {part: {"mean": statistics.mean(x[j] for x in sel),
                                                "p50": statistics.median(x[j] for x in sel)}
                                         for j, part in enumerate(("read", "step", "judge"))} if sel else None
+            r["per_chunk"] = [[k, round(ms, 3), round(step, 3), *(round(x, 3) for x in p["parts"].get(k, ()))]
+                              for k, ms, step, _, _ in p["rows"]]  # chunk, ms, step ms, read, step, judge
             rep[v] = r
+        rep["benchmark"]["per_chunk"] = [[k, round(ms, 3), round(step, 3)] for k, ms, step, _, _ in b["rows"]]
         rep["benchmark"]["open_bytes"] = b["open_bytes"]
         reps.append(rep)
         print(json.dumps({"order": order, "benchmark_wall_s": b["wall_s"], **{

@@ -178,8 +178,10 @@ def build_model(c: Contract, path: Path, *, seed: int, ffn: int, elementwise: in
 
 
 def write_reference(c: Contract, onnx_path: Path, ref_path: Path, *, chunks: int, functional: int, seed: int,
-                    device: str, threads: int) -> float:
-    """The model's own closed loop from zero caches, written chunk by chunk; returns ms per chunk."""
+                    device: str, threads: int, noise: float = 0.0) -> float:
+    """The model's own closed loop from zero caches, written chunk by chunk; returns ms per chunk.  `noise`:
+    every float output written is scaled by (1 + noise * N(0, 1)) per element, as a reference from another
+    runtime differs in its last bits (the loop itself runs on the exact outputs)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -193,6 +195,7 @@ def write_reference(c: Contract, onnx_path: Path, ref_path: Path, *, chunks: int
     out_names = [o.name for o in sess.get_outputs()]
     s = c.streaming
     rng = np.random.default_rng(seed + 1)
+    jitter = np.random.default_rng(seed + 2)  # its own stream: the audio is the same with or without noise
     audio_spec = c.input_by_role(ROLE_AUDIO)
     state: dict[str, np.ndarray] = {}
     for role in (ROLE_CACHE_CHANNEL, ROLE_CACHE_TIME, ROLE_CACHE_LEN):
@@ -215,9 +218,12 @@ def write_reference(c: Contract, onnx_path: Path, ref_path: Path, *, chunks: int
                       c.input_by_role(ROLE_LENGTH).name: np.array([frames], dtype=np.int64), **state}
             res = dict(zip(out_names, sess.run(out_names, inputs)))
             stored = k < functional
+            written = {n: v for n, v in res.items() if stored or n not in big_out}
+            if noise:
+                written = {n: (v * (1 + noise * jitter.standard_normal(v.shape))).astype(v.dtype)
+                           if v.dtype.kind == "f" else v for n, v in written.items()}
             w.write(k, {"frames": [k * 16 - 16, k * 16 - 16 + frames], "seed": seed, "has_caches": stored},
-                    {n: v for n, v in inputs.items() if stored or n not in big_in},
-                    {n: v for n, v in res.items() if stored or n not in big_out})
+                    {n: v for n, v in inputs.items() if stored or n not in big_in}, written)
             state = {feeds_map[o]: res[o] for o in feeds_map}
     return (time.perf_counter() - t0) * 1e3 / chunks
 
@@ -236,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="ORT device for the reference")
     ap.add_argument("--threads", type=int, default=0, metavar="N", help="ORT CPU threads (default: ORT's)")
+    ap.add_argument("--reference-noise", type=float, default=0.0, metavar="REL",
+                    help="relative noise on the float outputs written, for a reference that differs from the "
+                         "model in its last bits, as another runtime's does (default: 0, the model's own bits)")
     args = ap.parse_args(argv)
     c = load_contract(args.contract)
     onnx_path = args.out_dir / "encoder.onnx"
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {info} in {time.perf_counter() - t0:.1f} s -> {onnx_path}", flush=True)
     ms = write_reference(c, onnx_path, args.out_dir / "reference.jsonl", chunks=args.chunks,
                          functional=min(args.functional_chunks, args.chunks), seed=args.seed, device=args.device,
-                         threads=args.threads)
+                         threads=args.threads, noise=args.reference_noise)
     print(f"reference: {args.chunks} chunks ({args.functional_chunks} with caches), {ms:.1f} ms/chunk "
           f"-> {args.out_dir / 'reference.jsonl'}", flush=True)
     return 0
