@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import io
 import os
 import pkgutil
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,12 +66,24 @@ def join_path_options(args: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
+_REPORT_ROOT: list[str] = []  # this process's folder of report directories, removed when it exits
+
+
+def fresh_report_dir() -> str:
+    """A new, empty report directory for one run, inside a folder of this process's that goes when it exits
+    (a self-test run leaves nothing in the temp folder)."""
+    if not _REPORT_ROOT:
+        _REPORT_ROOT.append(tempfile.mkdtemp(prefix="streamparity-selftest-"))
+        atexit.register(shutil.rmtree, _REPORT_ROOT[0], ignore_errors=True)
+    return tempfile.mkdtemp(prefix="reports-", dir=_REPORT_ROOT[0])
+
+
 def run_pytest(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """Run the suite in a subprocess, as a user would.  Without --report-dir the run gets a fresh one of its own:
     a report directory belongs to one run at a time (concurrent runs on one directory are refused)."""
     args = tuple(join_path_options(args))
     if not any(a.startswith("--report-dir") for a in args):
-        args = (*args, f"--report-dir={tempfile.mkdtemp(prefix='streamparity-reports-')}")
+        args = (*args, f"--report-dir={fresh_report_dir()}")
     env = dict(os.environ)
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_ADDOPTS", None)
@@ -174,7 +188,7 @@ def run_pytest_inprocess(inprocess_modules: None, pytester: pytest.Pytester,
     def run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Ran:
         args = tuple(join_path_options(args))
         if not any(a.startswith("--report-dir") for a in args):
-            args = (*args, f"--report-dir={tempfile.mkdtemp(prefix='streamparity-reports-')}")
+            args = (*args, f"--report-dir={fresh_report_dir()}")
         with monkeypatch.context() as mp, fresh_process_state():
             mp.delenv("PYTEST_XDIST_WORKER", raising=False)
             for k, v in (env or {}).items():
