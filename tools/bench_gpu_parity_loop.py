@@ -101,16 +101,21 @@ class _TimedReference:
         return len(self.ref)
 
     def iter_chunks(self, ids: list[int], **how: Any) -> Any:
-        it = self.ref.iter_chunks(ids, **how)
-        while True:
-            t = time.perf_counter()
-            try:
-                rec = next(it)
-            except StopIteration:
-                self.asked[-1] = t  # the end of the last chunk's judging
-                return
-            self.asked[rec.chunk], self.read_at[rec.chunk] = t, time.perf_counter()
-            yield rec
+        return self._stamped(self.ref.iter_chunks(ids, **how))  # its reads ahead start now, as the loop's do
+
+    def _stamped(self, it: Any) -> Any:
+        try:
+            while True:
+                t = time.perf_counter()
+                try:
+                    rec = next(it)
+                except StopIteration:
+                    self.asked[-1] = t  # the end of the last chunk's judging
+                    return
+                self.asked[rec.chunk], self.read_at[rec.chunk] = t, time.perf_counter()
+                yield rec
+        finally:
+            it.close()
 
 
 def parity_loop(backend: Backend, contract: Contract, ref: ReferenceFile, upto: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,35 @@ def test_a_kept_state_stays_on_the_device_until_asked_for(tmp_path: Path) -> Non
     stream.release_state(kept)
     stream.release_state(stream.keep_state())
     assert pool.total_bytes == size, "a released slot is reused"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_chunk_is_read_once_and_the_reads_start_before_the_stream_opens(
+        workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk 0 is the record read whole for the initial state; the others are read ahead from before the stream
+    opens (every line beside judging threads, large ones otherwise)."""
+    from streamparity.reference import reader
+
+    monkeypatch.setattr(reader, "_REUSE_BYTES", 1)  # every line counts as large: read ahead
+    contract = load_contract(TINY_CONTRACT)
+    ref = ReferenceFile(TINY_REFERENCE, cache_bytes=0)
+    reads: list[int] = []
+    real_read = ref.read
+    monkeypatch.setattr(ref, "read", lambda k, **how: reads.append(k) or real_read(k, **how))
+    backend = CountedDeviceBackend(OrtBackend(contract, TINY_ONNX))
+    real_open = backend.open_stream
+    read_before_open: list[int] = []
+
+    def opening(*a: Any, **kw: Any) -> Any:
+        for _ in range(200):  # the read-ahead's threads have started by now, or soon
+            if len(reads) > 1:
+                break
+            threading.Event().wait(0.01)
+        read_before_open.extend(reads)
+        return real_open(*a, **kw)
+
+    monkeypatch.setattr(backend, "open_stream", opening)
+    run = run_closed_loop(backend, contract, ref, upto=20, judge_workers=workers)
+    assert [c.chunk for c in run.chunks] == list(range(21))
+    assert sorted(reads) == list(range(21))  # chunk 0 once, not again by the loop
+    assert len(read_before_open) > 1 and read_before_open[0] == 0

@@ -167,3 +167,17 @@ def test_reading_ahead_stops_at_the_last_chunk_asked_for(tmp_path: Path) -> None
     ref.read = spy  # type: ignore[method-assign]
     assert [r.chunk for r in ref.iter_chunks([0, 1, 2])] == [0, 1, 2]
     assert sorted(asked) == [0, 1, 2]
+
+
+def test_reads_ahead_start_when_it_is_made() -> None:
+    """The closed loop opens its stream while the first reads run: they do not wait for the first next()."""
+    started = threading.Event()
+
+    def read(k: int) -> int:
+        started.set()
+        return k
+
+    it = prefetched(read, [0, 1, 2], workers=1)
+    assert started.wait(10)  # before any next()
+    assert list(it) == [0, 1, 2]
+    it.close()  # closing twice, or after the end, is harmless

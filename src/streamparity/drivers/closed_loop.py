@@ -124,10 +124,9 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     deferred: deque[_Deferred] = deque()
     # only audio and length go in: a stored chunk's input caches (half a full-size line) are not decoded.  Beside
     # a device backend (judging threads) every line is read ahead: this thread waits on the device meanwhile.
-    chunks = ref.iter_chunks(ids, inputs=(audio_name, length_name), every_line=judges is not None)
+    # Chunk 0 is the record read whole above; the next ones are read while the stream opens.
+    chunks = ref.iter_chunks(ids[1:], inputs=(audio_name, length_name), every_line=judges is not None)
     try:
-        # the first record asked for before the stream opens: the next ones are read while it does
-        head = [next(chunks)]
         stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
     except BaseException:
         chunks.close()
@@ -147,7 +146,7 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
                            device=backend.device, error=error)
 
     try:
-        for pos, rec in enumerate(itertools.chain(head, chunks)):
+        for pos, rec in enumerate(itertools.chain([first], chunks)):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
                 deferred.popleft().settle(results, stream, policy)
             if not_run:  # said in one line; the error itself is on the chunk that broke the stream

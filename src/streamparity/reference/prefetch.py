@@ -27,26 +27,61 @@ def default_workers() -> int:
     return 4 if cores >= 12 else 2 if cores >= 4 else 1
 
 
-def prefetched(read: Callable[[int], R], ids: Sequence[int], *, depth: int = DEPTH, workers: int | None = None,
-               worth: Callable[[int], bool] | None = None) -> Iterator[R]:
-    """``read(k)`` for every k in `ids`, in order, with up to `depth` reads under way ahead of the caller.
+class Prefetched(Iterator[R]):
+    """``read(k)`` for every k in `ids`, in order, with up to `depth` reads under way ahead of the caller; the
+    first ones start when it is made, so a caller can set up (open a stream) while they run.
 
     Only the ids that `worth` accepts (default: all) are read ahead; the others are read in the caller's
-    thread when it reaches them, so that stretches of small lines wake no thread at all.  `read` must be
-    safe to call from several threads at once.  Leaving the loop early cancels the reads that have not
-    started and waits for those that have."""
-    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="streamparity-read")
-    ahead: dict[int, Future[R]] = {}
-    nxt = 0  # the next position whose read-ahead is decided
-    try:
-        for pos, k in enumerate(ids):
-            while nxt < len(ids) and nxt < pos + max(1, depth):
-                if worth is None or worth(ids[nxt]):
-                    ahead[nxt] = pool.submit(read, ids[nxt])
-                nxt += 1
-            got = ahead.pop(pos, None)
-            yield got.result() if got is not None else read(k)
-    finally:
-        for f in ahead.values():
-            f.cancel()
-        pool.shutdown(wait=True)
+    thread when it reaches them, so that stretches of small lines wake no thread at all (no thread starts
+    before a read is handed to one).  `read` must be safe to call from several threads at once.  An error
+    reading chunk k is raised when the caller reaches it, and ends the iteration.  :meth:`close` (also at the
+    end, on an error, and when the object goes) cancels the reads that have not started and waits for those
+    that have."""
+
+    def __init__(self, read: Callable[[int], R], ids: Sequence[int], *, depth: int = DEPTH,
+                 workers: int | None = None, worth: Callable[[int], bool] | None = None) -> None:
+        self._read, self._ids, self._depth, self._worth = read, list(ids), max(1, depth), worth
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=workers or default_workers(),
+                                                                   thread_name_prefix="streamparity-read")
+        self._ahead: dict[int, Future[R]] = {}
+        self._pos = 0  # the next position handed to the caller
+        self._nxt = 0  # the next position whose read-ahead is decided
+        self._plan()
+
+    def _plan(self) -> None:
+        while self._pool is not None and self._nxt < len(self._ids) and self._nxt < self._pos + self._depth:
+            k = self._ids[self._nxt]
+            if self._worth is None or self._worth(k):
+                self._ahead[self._nxt] = self._pool.submit(self._read, k)
+            self._nxt += 1
+
+    def __next__(self) -> R:
+        if self._pool is None or self._pos >= len(self._ids):
+            self.close()
+            raise StopIteration
+        pos = self._pos
+        self._pos += 1
+        got = self._ahead.pop(pos, None)
+        self._plan()
+        try:
+            return got.result() if got is not None else self._read(self._ids[pos])
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for f in self._ahead.values():
+                f.cancel()
+            self._ahead.clear()
+            pool.shutdown(wait=True)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def prefetched(read: Callable[[int], R], ids: Sequence[int], *, depth: int = DEPTH, workers: int | None = None,
+               worth: Callable[[int], bool] | None = None) -> Prefetched[R]:
+    """:class:`Prefetched`: its reads ahead start now."""
+    return Prefetched(read, ids, depth=depth, workers=workers, worth=worth)

@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Generator, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +34,7 @@ from streamparity import strictjson
 from streamparity.errors import ReferenceFormatError, StreamparityError
 from streamparity.reference.fields import FORMAT_VERSION, MAX_CHUNK, check_header, check_meta, chunk_id
 from streamparity.reference.line_buffers import LineBuffers
+from streamparity.reference.prefetch import Prefetched
 from streamparity.reference.sidecar import IndexEntry, file_key, read_sidecar, write_sidecar
 
 _META_KEY = b'"meta":'
@@ -167,6 +168,10 @@ def _scan_lines(path: Path, block_size: int = 1 << 23) -> Iterator[tuple[int, in
             pos += len(block)
         if start < pos:
             yield lineno + 1, start, pos - start, bytes(head), False
+
+
+def _never(_: int) -> bool:
+    return False
 
 
 class ReferenceFile:
@@ -352,19 +357,15 @@ class ReferenceFile:
         return self.iter_chunks(self.chunk_ids)
 
     def iter_chunks(self, ids: list[int], *, inputs: Collection[str] | None = None,
-                    every_line: bool = False) -> Generator[ChunkRecord, None, None]:
-        """The chunks `ids`, in that order, large lines read ahead in threads (none past the last id); of their
-        inputs only those named in `inputs` (default: all), as :meth:`read`.  `every_line`: small lines too,
-        for a caller whose own thread waits on a device meanwhile (parsing them then costs it nothing)."""
+                    every_line: bool = False) -> Prefetched[ChunkRecord]:
+        """The chunks `ids`, in that order, large lines read ahead in threads from now on (none past the last
+        id); of their inputs only those named in `inputs` (default: all), as :meth:`read`.  `every_line`: small
+        lines too, for a caller whose own thread waits on a device meanwhile (parsing them then costs it
+        nothing).  ``close()`` it when leaving early (it closes itself at the end and when it goes)."""
         read = self.read if inputs is None else partial(self.read, inputs=frozenset(inputs))
-        if self.read_ahead:
-            from streamparity.reference.prefetch import prefetched
-
-            yield from prefetched(read, ids, worth=None if every_line else
-                                  (lambda k: self._entry(k).length >= _REUSE_BYTES))
-        else:
-            for k in ids:
-                yield read(k)
+        if not self.read_ahead:
+            return Prefetched(read, ids, worth=_never)  # every line read by the caller, no thread started
+        return Prefetched(read, ids, worth=None if every_line else (lambda k: self._entry(k).length >= _REUSE_BYTES))
 
     def _line(self, e: IndexEntry) -> tuple[bytes, bytes | bytearray]:
         """(the byte before the entry, the entry's bytes): a line starts after a newline.  Lines of at least
