@@ -126,18 +126,6 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
     # a device backend (judging threads) every line is read ahead: this thread waits on the device meanwhile.
     # Chunk 0 is the record read whole above; the next ones are read while the stream opens.
     chunks = ref.iter_chunks(ids[1:], inputs=(audio_name, length_name), every_line=judges is not None)
-    try:
-        stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
-    except BaseException:
-        chunks.close()
-        if judges is not None:
-            judges.shutdown(wait=True, cancel_futures=True)
-        raise
-    # bundles need the state a chunk ran on: streams that keep it copy it only when a chunk fails
-    snapshot_each = keep_bundles and not stream.keeps_previous_state
-    # a chunk is judged in a thread only where its state can be kept for a bundle (else: inline)
-    can_keep = type(stream).keep_state is not Stream.keep_state or \
-        type(stream).state_snapshot is not Stream.state_snapshot
     results: list[ChunkResult] = []
     not_run: str | None = None  # once the stream broke: what each later chunk says
 
@@ -145,7 +133,14 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
         return ChunkResult(chunk=chunk, mode=CLOSED_LOOP, backend=backend.id, precision=backend.precision,
                            device=backend.device, error=error)
 
+    stream: Stream | None = None
     try:
+        stream = backend.open_stream(initial_state(contract, first), fetch_caches=False)
+        # bundles need the state a chunk ran on: streams that keep it copy it only when a chunk fails
+        snapshot_each = keep_bundles and not stream.keeps_previous_state
+        # a chunk is judged in a thread only where its state can be kept for a bundle (else: inline)
+        can_keep = type(stream).keep_state is not Stream.keep_state or \
+            type(stream).state_snapshot is not Stream.state_snapshot
         for pos, rec in enumerate(itertools.chain([first], chunks)):
             while deferred and deferred[0].future.done():  # collect what is judged, in order
                 deferred.popleft().settle(results, stream, policy)
@@ -198,7 +193,8 @@ def run_closed_loop(backend: Backend, contract: Contract, ref: ReferenceFile, *,
             deferred.popleft().settle(results, stream, policy)
     finally:
         chunks.close()
-        stream.close()
+        if stream is not None:
+            stream.close()
         if judges is not None:
             judges.shutdown(wait=True, cancel_futures=True)
     return RunResult(backend.id, backend.precision, CLOSED_LOOP, results, backend.describe(),

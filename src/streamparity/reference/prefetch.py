@@ -70,7 +70,7 @@ class Prefetched(Iterator[R]):
             raise
 
     def close(self) -> None:
-        pool, self._pool = self._pool, None
+        pool, self._pool = getattr(self, "_pool", None), None  # None too when __init__ failed before making it
         if pool is not None:
             for f in self._ahead.values():
                 f.cancel()
